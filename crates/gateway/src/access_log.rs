@@ -1,0 +1,72 @@
+//! One access-log line per request, written when the response body is finished (or the
+//! client went away), together with the request metrics.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use http::{HeaderValue, Method};
+use kakuremichi_telemetry::ACCESS_TARGET;
+
+use crate::metrics::{Metrics, RouteLabel, RouteStatus};
+
+/// What is known about a request by the time its response starts.
+pub struct AccessRecord {
+    pub start: Instant,
+    pub request_id: HeaderValue,
+    pub client_ip: IpAddr,
+    pub method: Method,
+    pub host: String,
+    pub path: String,
+    pub route: Option<Arc<str>>,
+    pub upstream: Option<Arc<str>>,
+    pub status: u16,
+    pub error: Option<&'static str>,
+    pub bytes_in: Arc<AtomicU64>,
+    pub metrics: Arc<Metrics>,
+    /// Seconds from the request head to the response head.
+    pub head_seconds: f64,
+}
+
+impl AccessRecord {
+    /// Writes the line and records the metrics. `bytes_out` is what reached the client.
+    pub fn finish(self, bytes_out: u64, completed: bool) {
+        let route = self.route.as_deref().unwrap_or("-");
+        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        let duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(
+            target: ACCESS_TARGET,
+            request_id = self.request_id.to_str().unwrap_or("-"),
+            client_ip = %self.client_ip,
+            method = self.method.as_str(),
+            host = self.host.as_str(),
+            path = self.path.as_str(),
+            route,
+            upstream = self.upstream.as_deref().unwrap_or("-"),
+            status = self.status,
+            bytes_in,
+            bytes_out,
+            duration_ms = (duration_ms * 1000.0).round() / 1000.0,
+            error = self.error.unwrap_or(""),
+            completed,
+        );
+        let m = &self.metrics;
+        m.requests
+            .get_or_create(&RouteStatus {
+                route: route.to_string(),
+                status: self.status,
+            })
+            .inc();
+        let label = RouteLabel {
+            route: route.to_string(),
+        };
+        m.duration.get_or_create(&label).observe(self.head_seconds);
+        if bytes_in > 0 {
+            m.bytes_in.get_or_create(&label).inc_by(bytes_in);
+        }
+        if bytes_out > 0 {
+            m.bytes_out.get_or_create(&label).inc_by(bytes_out);
+        }
+    }
+}

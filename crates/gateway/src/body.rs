@@ -1,0 +1,219 @@
+//! Body wrappers on the request path. Bodies are streamed frame by frame in both directions
+//! and never collected: [`UpstreamBody`] counts and limits what the client sends and can be
+//! taken back for a retry if no byte of it was read yet; [`ResponseBody`] counts what reaches
+//! the client and writes the access-log line when it is done.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::access_log::AccessRecord;
+use crate::conn::ConnPhase;
+use crate::error::BoxError;
+
+/// Raised by [`UpstreamBody`] when the client sends more than `max_body`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is larger than the route's max_body")]
+pub struct BodyTooLarge;
+
+/// Counters shared between the request body and the handler.
+#[derive(Default)]
+pub struct RequestBodyState {
+    pub bytes: Arc<AtomicU64>,
+    pub too_large: AtomicBool,
+    pub client_error: AtomicBool,
+}
+
+/// The client's request body on its way upstream.
+pub struct UpstreamBody {
+    slot: Arc<Mutex<Option<Incoming>>>,
+    state: Arc<RequestBodyState>,
+    limit: Option<u64>,
+    seen: u64,
+}
+
+impl UpstreamBody {
+    /// A body with nothing in it (health checks, retries of body-less requests).
+    pub fn empty() -> Self {
+        UpstreamBody {
+            slot: Arc::new(Mutex::new(None)),
+            state: Arc::default(),
+            limit: None,
+            seen: 0,
+        }
+    }
+
+    pub fn new(
+        slot: Arc<Mutex<Option<Incoming>>>,
+        state: Arc<RequestBodyState>,
+        limit: Option<u64>,
+    ) -> Self {
+        UpstreamBody {
+            slot,
+            state,
+            limit,
+            seen: 0,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let mut slot = match this.slot.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let Some(inner) = slot.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    this.seen += n;
+                    this.state.bytes.fetch_add(n, Ordering::Relaxed);
+                    if this.limit.is_some_and(|max| this.seen > max) {
+                        this.state.too_large.store(true, Ordering::Relaxed);
+                        *slot = None;
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.state.client_error.store(true, Ordering::Relaxed);
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self.slot.lock() {
+            Ok(g) => g.as_ref().is_none_or(|b| b.is_end_stream()),
+            Err(_) => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.slot.lock() {
+            Ok(g) => g
+                .as_ref()
+                .map(|b| b.size_hint())
+                .unwrap_or_else(|| SizeHint::with_exact(0)),
+            Err(_) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+enum Inner {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+/// What the gateway sends to the client: an upstream's body or one it made itself.
+pub struct ResponseBody {
+    inner: Inner,
+    sent: u64,
+    done: bool,
+    record: Option<AccessRecord>,
+    phase: Option<Arc<ConnPhase>>,
+}
+
+impl ResponseBody {
+    pub fn upstream(body: Incoming, record: AccessRecord, phase: Arc<ConnPhase>) -> Self {
+        ResponseBody {
+            inner: Inner::Upstream(body),
+            sent: 0,
+            done: false,
+            record: Some(record),
+            phase: Some(phase),
+        }
+    }
+
+    pub fn full(bytes: Bytes, record: Option<AccessRecord>, phase: Option<Arc<ConnPhase>>) -> Self {
+        ResponseBody {
+            inner: Inner::Full(if bytes.is_empty() { None } else { Some(bytes) }),
+            sent: 0,
+            done: false,
+            record,
+            phase,
+        }
+    }
+
+    fn finish(&mut self) {
+        let complete = self.done || self.is_end_stream();
+        if let Some(record) = self.record.take() {
+            record.finish(self.sent, complete);
+        }
+        if let Some(phase) = self.phase.take() {
+            phase.response_finished();
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Upstream(body) => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e) as BoxError))),
+                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.sent += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Full(b) => b.is_none(),
+            Inner::Upstream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Inner::Upstream(b) => b.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,471 @@
+//! The request path: request id → route match → policies → upstream pick → forward with
+//! streaming bodies → response edits → access log (written by the response body).
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use kakuremichi_config::net::canonical_ip;
+use kakuremichi_router::{Lookup, normalize_host, normalize_path, strip_prefix};
+use tokio_util::sync::CancellationToken;
+
+use crate::access_log::AccessRecord;
+use crate::body::{RequestBodyState, ResponseBody, UpstreamBody};
+use crate::conn::ConnInfo;
+use crate::error::{self, ProxyError};
+use crate::forward::{self, ForwardedFacts};
+use crate::metrics::Metrics;
+use crate::request_id;
+use crate::state::{RouteRuntime, Runtime};
+use crate::upgrade;
+use crate::upstream::connector::ConnectError;
+use crate::upstream::pool::ClientCache;
+
+/// State shared by every connection of one gateway.
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub metrics: Arc<Metrics>,
+    pub clients: ClientCache,
+    /// Fires at the end of the drain deadline: upgraded connections close then.
+    pub hard_stop: CancellationToken,
+}
+
+/// Per-request facts gathered before routing.
+struct Ctx {
+    shared: Arc<Shared>,
+    rt: Arc<Runtime>,
+    conn: Arc<ConnInfo>,
+    start: Instant,
+    request_id: HeaderValue,
+    client_ip: std::net::IpAddr,
+    method: Method,
+    host: String,
+    path: String,
+    html: bool,
+    bytes_in: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Ctx {
+    fn record(
+        &self,
+        status: StatusCode,
+        route: Option<Arc<str>>,
+        upstream: Option<Arc<str>>,
+        error: Option<&'static str>,
+    ) -> AccessRecord {
+        AccessRecord {
+            start: self.start,
+            request_id: self.request_id.clone(),
+            client_ip: self.client_ip,
+            method: self.method.clone(),
+            host: self.host.clone(),
+            path: self.path.clone(),
+            route,
+            upstream,
+            status: status.as_u16(),
+            error,
+            bytes_in: self.bytes_in.clone(),
+            metrics: self.shared.metrics.clone(),
+            head_seconds: self.start.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// The gateway's own answer for `err`.
+    fn error_response(
+        &self,
+        err: ProxyError,
+        route: Option<Arc<str>>,
+        upstream: Option<Arc<str>>,
+    ) -> Response<ResponseBody> {
+        let status = err.status();
+        if status.is_server_error() {
+            tracing::warn!(request_id = self.request_id.to_str().unwrap_or("-"), route = route.as_deref().unwrap_or("-"), upstream = upstream.as_deref().unwrap_or("-"), error = %DisplayChain(&err), "answering {status}");
+        }
+        let (body, content_type) = error::error_body(
+            status,
+            err.code(),
+            &err.to_string(),
+            self.request_id.to_str().unwrap_or(""),
+            self.html,
+        );
+        let record = self.record(status, route, upstream, Some(err.code()));
+        let mut response = Response::new(ResponseBody::full(
+            body,
+            Some(record),
+            Some(self.conn.phase.clone()),
+        ));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        error::set_content_type(headers, content_type);
+        headers.insert(
+            self.rt.settings.request_id_header.clone(),
+            self.request_id.clone(),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let ProxyError::MethodNotAllowed(allow) = &err {
+            let list = allow
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            if let Ok(v) = HeaderValue::from_str(&list) {
+                headers.insert(header::ALLOW, v);
+            }
+        }
+        if let Some(secs) = err.retry_after() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if matches!(
+            err,
+            ProxyError::BadRequest(_) | ProxyError::BodyTooLarge | ProxyError::ClientBody(_)
+        ) {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+/// Shows an error with its causes, `a: b: c`.
+struct DisplayChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for DisplayChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+/// Serves one request. Never fails: every problem becomes a response.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    conn.phase.request_started();
+    let rt = shared.runtime.load_full();
+    let settings = &rt.settings;
+    let request_id = request_id::from_request(req.headers().get(&settings.request_id_header));
+    let client_ip = forward::client_ip(conn.peer.ip(), req.headers(), &settings.trusted_proxies);
+    let host_value = req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let host = host_value
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .map(|h| normalize_host(h).into_owned())
+        .unwrap_or_default();
+    let ctx = Ctx {
+        html: error::prefers_html(req.headers().get(header::ACCEPT)),
+        method: req.method().clone(),
+        path: req.uri().path().to_string(),
+        shared,
+        rt,
+        conn,
+        start: Instant::now(),
+        request_id,
+        client_ip,
+        host,
+        bytes_in: Arc::default(),
+    };
+    Ok(route_request(&ctx, req, host_value).await)
+}
+
+async fn route_request(
+    ctx: &Ctx,
+    req: Request<Incoming>,
+    host_value: Option<HeaderValue>,
+) -> Response<ResponseBody> {
+    let headers = req.headers();
+    // Request smuggling: a message framed two ways is refused and the connection closed.
+    if headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.contains_key(header::CONTENT_LENGTH)
+    {
+        return ctx.error_response(
+            ProxyError::BadRequest("both Content-Length and Transfer-Encoding are present"),
+            None,
+            None,
+        );
+    }
+    if headers.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+        return ctx.error_response(
+            ProxyError::BadRequest("more than one Content-Length"),
+            None,
+            None,
+        );
+    }
+    if headers.get_all(header::HOST).iter().count() > 1 {
+        return ctx.error_response(
+            ProxyError::BadRequest("more than one Host header"),
+            None,
+            None,
+        );
+    }
+    if req.method() == Method::CONNECT {
+        return ctx.error_response(
+            ProxyError::BadRequest("CONNECT is not supported"),
+            None,
+            None,
+        );
+    }
+    let Ok(path) = normalize_path(&ctx.path) else {
+        return ctx.error_response(
+            ProxyError::BadRequest("the path is not a valid absolute path"),
+            None,
+            None,
+        );
+    };
+    let path = path.into_owned();
+    let (route, prefix) = match ctx.rt.table.lookup(&ctx.host, &path, &ctx.method) {
+        Lookup::Found { value, prefix } => (value.clone(), prefix.to_string()),
+        Lookup::MethodNotAllowed { allow } => {
+            return ctx.error_response(ProxyError::MethodNotAllowed(allow), None, None);
+        }
+        Lookup::NotFound => return ctx.error_response(ProxyError::NoRoute, None, None),
+    };
+    let name = Some(route.name.clone());
+    let config = &route.config;
+    if !config.enabled {
+        return ctx.error_response(ProxyError::RouteDisabled, name, None);
+    }
+    if let Some(ip) = &config.ip {
+        let denied = ip.deny.iter().any(|c| c.contains(ctx.client_ip));
+        let allowed = ip.allow.is_empty() || ip.allow.iter().any(|c| c.contains(ctx.client_ip));
+        if denied || !allowed {
+            return ctx.error_response(ProxyError::IpDenied, name, None);
+        }
+    }
+    if let Some(max) = config.max_body {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return ctx.error_response(ProxyError::BodyTooLarge, name, None);
+        }
+    }
+    match forward(ctx, &route, &prefix, &path, req, host_value).await {
+        Ok(response) => response,
+        Err((err, upstream)) => ctx.error_response(err, name, upstream),
+    }
+}
+
+fn connect_timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if matches!(
+            e.downcast_ref::<ConnectError>(),
+            Some(ConnectError::Timeout { .. })
+        ) {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+type Failure = (ProxyError, Option<Arc<str>>);
+
+async fn forward(
+    ctx: &Ctx,
+    route: &Arc<RouteRuntime>,
+    prefix: &str,
+    path: &str,
+    mut req: Request<Incoming>,
+    host_value: Option<HeaderValue>,
+) -> Result<Response<ResponseBody>, Failure> {
+    let config = &route.config;
+    let settings = &ctx.rt.settings;
+    let upgrading = req.version() == Version::HTTP_11 && forward::wants_upgrade(req.headers());
+    let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+
+    let upstream_path = if config.strip_path {
+        strip_prefix(prefix, path)
+    } else {
+        std::borrow::Cow::Borrowed(path)
+    };
+    let query = parts.uri.query();
+
+    let mut headers = parts.headers;
+    forward::strip_hop_by_hop(&mut headers, upgrading);
+    let peer_ip = canonical_ip(ctx.conn.peer.ip());
+    forward::set_forwarded(
+        &mut headers,
+        &ForwardedFacts {
+            peer: peer_ip,
+            client: ctx.client_ip,
+            peer_trusted: settings.trusted_proxies.iter().any(|c| c.contains(peer_ip)),
+            https: ctx.conn.https,
+            host: host_value.as_ref(),
+            port: ctx.conn.local.port(),
+        },
+    );
+    headers.insert(settings.request_id_header.clone(), ctx.request_id.clone());
+    if let Some(h) = &config.host_header {
+        headers.insert(header::HOST, h.clone());
+    }
+    if let Some(edits) = &config.headers {
+        for name in &edits.request_remove {
+            headers.remove(name.as_str());
+        }
+        for (name, value) in &edits.request_set {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                headers.insert(n, v);
+            }
+        }
+    }
+
+    let slot = Arc::new(Mutex::new(Some(body)));
+    let body_state = Arc::new(RequestBodyState {
+        bytes: ctx.bytes_in.clone(),
+        ..Default::default()
+    });
+    let several = route.upstreams.members().len() > 1;
+    let mut spare_headers = several.then(|| headers.clone());
+    let mut headers = Some(headers);
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last_error: Option<Failure> = None;
+
+    let (response, member, in_flight) = loop {
+        let Some((index, member, in_flight)) = route.upstreams.pick(&tried) else {
+            return Err(last_error.unwrap_or((ProxyError::NoHealthyUpstream, None)));
+        };
+        tried.push(index);
+        let label = Some(member.label.clone());
+        let mut attempt_headers = match headers.take() {
+            Some(h) => h,
+            None => spare_headers.clone().unwrap_or_default(),
+        };
+        if !attempt_headers.contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(&member.url.authority())
+        {
+            attempt_headers.insert(header::HOST, v);
+        }
+        let mut target = String::with_capacity(
+            member.origin.len()
+                + member.url.base_path.len()
+                + upstream_path.len()
+                + query.map_or(0, |q| q.len() + 1),
+        );
+        target.push_str(&member.origin);
+        target.push_str(&member.url.base_path);
+        target.push_str(&upstream_path);
+        if let Some(q) = query {
+            target.push('?');
+            target.push_str(q);
+        }
+        let Ok(uri) = Uri::try_from(target) else {
+            return Err((
+                ProxyError::BadRequest("the request target cannot be forwarded"),
+                label,
+            ));
+        };
+        let mut outgoing = Request::new(UpstreamBody::new(
+            slot.clone(),
+            body_state.clone(),
+            config.max_body,
+        ));
+        *outgoing.method_mut() = parts.method.clone();
+        *outgoing.uri_mut() = uri;
+        *outgoing.version_mut() = Version::HTTP_11;
+        *outgoing.headers_mut() = attempt_headers;
+
+        let sent =
+            tokio::time::timeout(config.response_timeout, route.client.request(outgoing)).await;
+        match sent {
+            Err(_) => return Err((ProxyError::UpstreamTimeout, label)),
+            Ok(Ok(response)) => break (response, member, in_flight),
+            Ok(Err(e)) => {
+                if body_state.too_large.load(Ordering::Relaxed) {
+                    return Err((ProxyError::BodyTooLarge, label));
+                }
+                if e.is_connect() {
+                    route.upstreams.mark_failed(index);
+                    let failure = if connect_timed_out(&e) {
+                        ProxyError::UpstreamConnectTimeout
+                    } else {
+                        ProxyError::UpstreamConnect(Box::new(e))
+                    };
+                    let untouched = body_state.bytes.load(Ordering::Relaxed) == 0
+                        && slot.lock().map(|s| s.is_some()).unwrap_or(false);
+                    if untouched && several {
+                        tracing::info!(request_id = ctx.request_id.to_str().unwrap_or("-"), upstream = %member.label, error = %DisplayChain(&failure), "upstream unreachable; trying another");
+                        last_error = Some((failure, label));
+                        if spare_headers.is_none() {
+                            spare_headers = Some(HeaderMap::new());
+                        }
+                        continue;
+                    }
+                    return Err((failure, label));
+                }
+                if body_state.client_error.load(Ordering::Relaxed) {
+                    return Err((ProxyError::ClientBody(Box::new(e)), label));
+                }
+                return Err((ProxyError::UpstreamFailed(Box::new(e)), label));
+            }
+        }
+    };
+    drop(in_flight);
+
+    let mut response = response;
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if let (Some(client_upgrade), true) = (client_upgrade, switching) {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        ctx.conn.phase.upgraded();
+        upgrade::spawn_splice(
+            client_upgrade,
+            upstream_upgrade,
+            config.idle_timeout,
+            ctx.shared.hard_stop.clone(),
+            ctx.shared.metrics.clone(),
+            route.name.clone(),
+        );
+    }
+    let (mut rparts, rbody) = response.into_parts();
+    forward::strip_hop_by_hop(&mut rparts.headers, upgrading && switching);
+    if let Some(edits) = &config.headers {
+        for name in &edits.response_remove {
+            rparts.headers.remove(name.as_str());
+        }
+        for (name, value) in &edits.response_set {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                rparts.headers.insert(n, v);
+            }
+        }
+    }
+    rparts
+        .headers
+        .insert(settings.request_id_header.clone(), ctx.request_id.clone());
+    let record = ctx.record(
+        rparts.status,
+        Some(route.name.clone()),
+        Some(member.label.clone()),
+        None,
+    );
+    let body = if switching {
+        ResponseBody::full(Bytes::new(), Some(record), Some(ctx.conn.phase.clone()))
+    } else {
+        ResponseBody::upstream(rbody, record, ctx.conn.phase.clone())
+    };
+    Ok(Response::from_parts(rparts, body))
+}

@@ -1,0 +1,139 @@
+//! The gateway's metrics registry. One value is made at start and handed to the parts that
+//! record; `/metrics` on the admin listener encodes it in the Prometheus text format.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteStatus {
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabel {
+    pub route: String,
+    pub upstream: String,
+}
+
+type HistogramFamily = Family<RouteLabel, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ])
+}
+
+/// Every metric the gateway records.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RouteStatus, Counter>,
+    pub duration: HistogramFamily,
+    pub bytes_in: Family<RouteLabel, Counter>,
+    pub bytes_out: Family<RouteLabel, Counter>,
+    pub open_connections: Gauge,
+    pub rejected_connections: Counter,
+    pub open_websockets: Gauge,
+    pub upstream_healthy: Family<UpstreamLabel, Gauge>,
+    pub config_reloads: Counter,
+    pub config_reload_failures: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("kakuremichi");
+        let requests = Family::<RouteStatus, Counter>::default();
+        registry.register(
+            "http_requests",
+            "Requests answered, by route (\"-\" when none matched) and status",
+            requests.clone(),
+        );
+        let duration: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from the request head to the response head, by route",
+            duration.clone(),
+        );
+        let bytes_in = Family::<RouteLabel, Counter>::default();
+        registry.register(
+            "http_request_bytes",
+            "Request body bytes received from clients, by route",
+            bytes_in.clone(),
+        );
+        let bytes_out = Family::<RouteLabel, Counter>::default();
+        registry.register(
+            "http_response_bytes",
+            "Response body bytes sent to clients, by route",
+            bytes_out.clone(),
+        );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Client connections open now",
+            open_connections.clone(),
+        );
+        let rejected_connections = Counter::default();
+        registry.register(
+            "rejected_connections",
+            "Client connections closed at once because max_connections was reached",
+            rejected_connections.clone(),
+        );
+        let open_websockets = Gauge::default();
+        registry.register(
+            "open_upgraded_connections",
+            "WebSocket and other upgraded connections open now",
+            open_websockets.clone(),
+        );
+        let upstream_healthy = Family::<UpstreamLabel, Gauge>::default();
+        registry.register(
+            "upstream_healthy",
+            "1 when the upstream is taking traffic, 0 when health checks or failures took it out",
+            upstream_healthy.clone(),
+        );
+        let config_reloads = Counter::default();
+        registry.register(
+            "config_reloads",
+            "Configurations applied after start",
+            config_reloads.clone(),
+        );
+        let config_reload_failures = Counter::default();
+        registry.register(
+            "config_reload_failures",
+            "Configurations refused on reload (the previous one stayed in force)",
+            config_reload_failures.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            requests,
+            duration,
+            bytes_in,
+            bytes_out,
+            open_connections,
+            rejected_connections,
+            open_websockets,
+            upstream_healthy,
+            config_reloads,
+            config_reload_failures,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

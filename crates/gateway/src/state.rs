@@ -1,0 +1,149 @@
+//! The gateway's state for one configuration: the route table with each route's upstreams
+//! and client. A new value is built for every (re)load and swapped in atomically; requests
+//! already running keep the value they started with.
+
+use std::sync::Arc;
+
+use kakuremichi_config::gateway::GatewaySettings;
+use kakuremichi_config::{GatewayConfig, RouteConfig};
+use kakuremichi_router::{RouteTable, RouteTableBuilder};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{Metrics, UpstreamLabel};
+use crate::upstream::health;
+use crate::upstream::pool::{ClientCache, HttpClient};
+use crate::upstream::select::UpstreamSet;
+
+/// Why a configuration cannot be served by this gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(
+        "{file}: route \"{route}\": {what} is not supported by this version of the gateway yet; remove it from the route (the gateway refuses to serve the route without it rather than leave it unprotected)"
+    )]
+    Unsupported {
+        file: String,
+        route: String,
+        what: &'static str,
+    },
+    #[error("{file}: {what} is not supported by this version of the gateway yet; remove it")]
+    UnsupportedGateway { file: String, what: &'static str },
+}
+
+/// One route, ready to serve.
+pub struct RouteRuntime {
+    pub name: Arc<str>,
+    pub config: RouteConfig,
+    pub upstreams: Arc<UpstreamSet>,
+    pub client: HttpClient,
+}
+
+/// Everything a request needs from the configuration.
+pub struct Runtime {
+    pub table: RouteTable<Arc<RouteRuntime>>,
+    pub settings: GatewaySettings,
+    /// Stops this configuration's health checkers when it is replaced.
+    pub background: CancellationToken,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.background.cancel();
+    }
+}
+
+fn refuse_unsupported(config: &GatewayConfig) -> Result<(), BuildError> {
+    let file = config.file.display().to_string();
+    let gateway_level: [(&'static str, bool); 4] = [
+        (
+            "[tls] and `https` (HTTPS listener)",
+            config.tls.is_some() || config.settings.https.is_some(),
+        ),
+        (
+            "`tunnel` (agent tunnel listener)",
+            config.settings.tunnel.is_some(),
+        ),
+        ("[control] (managed mode)", config.control.is_some()),
+        ("[[agents]]", !config.agents.is_empty()),
+    ];
+    for (what, present) in gateway_level {
+        if present {
+            return Err(BuildError::UnsupportedGateway {
+                file: file.clone(),
+                what,
+            });
+        }
+    }
+    for r in &config.routes {
+        let checks: [(&'static str, bool); 5] = [
+            ("`via` (tunneled upstreams)", r.via.is_some()),
+            ("[routes.jwt]", r.jwt.is_some()),
+            ("[routes.api_keys]", r.api_keys.is_some()),
+            ("[routes.rate_limit]", r.rate_limit.is_some()),
+            ("[routes.cors]", r.cors.is_some()),
+        ];
+        for (what, present) in checks {
+            if present {
+                return Err(BuildError::Unsupported {
+                    file: file.clone(),
+                    route: r.name.clone(),
+                    what,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Runtime {
+    /// Builds the state for `config` and starts its health checkers.
+    pub fn build(
+        config: &GatewayConfig,
+        clients: &ClientCache,
+        metrics: &Metrics,
+    ) -> Result<Arc<Runtime>, BuildError> {
+        refuse_unsupported(config)?;
+        let background = CancellationToken::new();
+        let mut builder = RouteTableBuilder::new();
+        for route in &config.routes {
+            let name: Arc<str> = Arc::from(route.name.as_str());
+            let upstreams = Arc::new(UpstreamSet::new(
+                &route.upstreams,
+                route.load_balance,
+                |u| {
+                    metrics
+                        .upstream_healthy
+                        .get_or_create(&UpstreamLabel {
+                            route: route.name.clone(),
+                            upstream: u.original.clone(),
+                        })
+                        .clone()
+                },
+            ));
+            let client = clients.get(route.tls_verify, route.connect_timeout);
+            if let Some(check) = &route.health_check {
+                health::spawn(
+                    upstreams.clone(),
+                    client.clone(),
+                    check.clone(),
+                    route.host_header.clone(),
+                    background.clone(),
+                );
+            }
+            if !route.tls_verify {
+                tracing::warn!(route = %route.name, "tls_verify = false: certificates of this route's https upstreams are NOT checked");
+            }
+            let value = Arc::new(RouteRuntime {
+                name,
+                config: route.clone(),
+                upstreams,
+                client,
+            });
+            builder.add(&route.hosts, &route.path, route.methods.as_deref(), value);
+        }
+        Ok(Arc::new(Runtime {
+            table: builder.build(),
+            settings: config.settings.clone(),
+            background,
+        }))
+    }
+}

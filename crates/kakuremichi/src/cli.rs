@@ -1,0 +1,83 @@
+//! Command-line syntax: one subcommand per role, plus `check` and `demo`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kakuremichi",
+    version,
+    about = "Expose services in private networks through public gateways",
+    long_about = "kakuremichi: public gateways that terminate TLS, route by host and path, apply per-route policies and forward to upstream URLs or through tunnels that agents dial out to. One binary, three roles: gateway, agent and control."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a gateway: listeners, routing, policies and forwarding.
+    Gateway(RoleArgs),
+    /// Run an agent that dials out to gateways and reaches private upstreams.
+    Agent(RoleArgs),
+    /// Run the control plane: API, web UI and push to gateways and agents.
+    Control(RoleArgs),
+    /// Validate a gateway, agent or control file; prints file:line:column: message and
+    /// exits 2 on the first problem.
+    Check(CheckArgs),
+    /// Start a demo on localhost: a gateway in front of a built-in sample app.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RoleArgs {
+    /// The configuration file (TOML).
+    #[arg(short, long, value_name = "FILE")]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// The file to validate.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Port of the demo gateway on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct LogArgs {
+    /// Log format: JSON lines (production) or text.
+    #[arg(long, value_enum, default_value_t = LogFormatArg::Json)]
+    pub log_format: LogFormatArg,
+    /// Log level when RUST_LOG is not set (error, warn, info, debug, trace).
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum LogFormatArg {
+    Json,
+    Text,
+}
+
+impl LogArgs {
+    pub fn init(&self) -> kakuremichi_telemetry::LogGuard {
+        let format = match self.log_format {
+            LogFormatArg::Json => kakuremichi_telemetry::LogFormat::Json,
+            LogFormatArg::Text => kakuremichi_telemetry::LogFormat::Text,
+        };
+        kakuremichi_telemetry::init(format, &self.log_level)
+    }
+}

@@ -1,0 +1,26 @@
+//! The `kakuremichi` binary: parses the command line and hands over to a role.
+#![forbid(unsafe_code)]
+
+mod check;
+mod cli;
+mod demo;
+mod gateway;
+mod sample_app;
+mod signals;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cli.command {
+        cli::Command::Check(args) => check::run(&args),
+        cli::Command::Gateway(args) => gateway::run(&args),
+        cli::Command::Demo(args) => demo::run(&args),
+        cli::Command::Agent(_) | cli::Command::Control(_) => {
+            eprintln!("this role is not available in this version yet; see `kakuremichi --help`");
+            ExitCode::from(2)
+        }
+    }
+}
