@@ -439,6 +439,8 @@ async fn forward(
         );
     }
     let (mut rparts, rbody) = response.into_parts();
+    // The client connection has its own version; hyper downgrades for HTTP/1.0 clients.
+    rparts.version = Version::HTTP_11;
     forward::strip_hop_by_hop(&mut rparts.headers, upgrading && switching);
     if let Some(edits) = &config.headers {
         for name in &edits.response_remove {
