@@ -9,7 +9,7 @@ use std::time::Instant;
 use http::{HeaderValue, Method};
 use kakuremichi_telemetry::ACCESS_TARGET;
 
-use crate::metrics::{Metrics, RouteLabel, RouteStatus};
+use crate::metrics::RouteMetrics;
 
 /// What is known about a request by the time its response starts.
 pub struct AccessRecord {
@@ -24,7 +24,7 @@ pub struct AccessRecord {
     pub status: u16,
     pub error: Option<&'static str>,
     pub bytes_in: Arc<AtomicU64>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<RouteMetrics>,
     /// Seconds from the request head to the response head.
     pub head_seconds: f64,
 }
@@ -51,22 +51,7 @@ impl AccessRecord {
             error = self.error.unwrap_or(""),
             completed,
         );
-        let m = &self.metrics;
-        m.requests
-            .get_or_create(&RouteStatus {
-                route: route.to_string(),
-                status: self.status,
-            })
-            .inc();
-        let label = RouteLabel {
-            route: route.to_string(),
-        };
-        m.duration.get_or_create(&label).observe(self.head_seconds);
-        if bytes_in > 0 {
-            m.bytes_in.get_or_create(&label).inc_by(bytes_in);
-        }
-        if bytes_out > 0 {
-            m.bytes_out.get_or_create(&label).inc_by(bytes_out);
-        }
+        self.metrics
+            .record(self.status, self.head_seconds, bytes_in, bytes_out);
     }
 }

@@ -20,7 +20,7 @@ use crate::body::{RequestBodyState, ResponseBody, UpstreamBody};
 use crate::conn::ConnInfo;
 use crate::error::{self, ProxyError};
 use crate::forward::{self, ForwardedFacts};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::request_id;
 use crate::state::{RouteRuntime, Runtime};
 use crate::upgrade;
@@ -34,6 +34,8 @@ pub struct Shared {
     pub clients: ClientCache,
     /// Fires at the end of the drain deadline: upgraded connections close then.
     pub hard_stop: CancellationToken,
+    /// Metrics of requests that matched no route.
+    pub unrouted: Arc<RouteMetrics>,
 }
 
 /// Per-request facts gathered before routing.
@@ -48,6 +50,7 @@ struct Ctx {
     host: String,
     path: String,
     html: bool,
+    version: Version,
     bytes_in: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -55,10 +58,15 @@ impl Ctx {
     fn record(
         &self,
         status: StatusCode,
-        route: Option<Arc<str>>,
+        route: Option<&Arc<RouteRuntime>>,
         upstream: Option<Arc<str>>,
         error: Option<&'static str>,
     ) -> AccessRecord {
+        let route_metrics = match route {
+            Some(r) => r.metrics.clone(),
+            None => self.shared.unrouted.clone(),
+        };
+        let route = route.map(|r| r.name.clone());
         AccessRecord {
             start: self.start,
             request_id: self.request_id.clone(),
@@ -71,7 +79,7 @@ impl Ctx {
             status: status.as_u16(),
             error,
             bytes_in: self.bytes_in.clone(),
-            metrics: self.shared.metrics.clone(),
+            metrics: route_metrics,
             head_seconds: self.start.elapsed().as_secs_f64(),
         }
     }
@@ -80,12 +88,12 @@ impl Ctx {
     fn error_response(
         &self,
         err: ProxyError,
-        route: Option<Arc<str>>,
+        route: Option<&Arc<RouteRuntime>>,
         upstream: Option<Arc<str>>,
     ) -> Response<ResponseBody> {
         let status = err.status();
         if status.is_server_error() {
-            tracing::warn!(request_id = self.request_id.to_str().unwrap_or("-"), route = route.as_deref().unwrap_or("-"), upstream = upstream.as_deref().unwrap_or("-"), error = %DisplayChain(&err), "answering {status}");
+            tracing::warn!(request_id = self.request_id.to_str().unwrap_or("-"), route = route.map_or("-", |r| &*r.name), upstream = upstream.as_deref().unwrap_or("-"), error = %DisplayChain(&err), "answering {status}");
         }
         let (body, content_type) = error::error_body(
             status,
@@ -121,10 +129,13 @@ impl Ctx {
         if let Some(secs) = err.retry_after() {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        if matches!(
-            err,
-            ProxyError::BadRequest(_) | ProxyError::BodyTooLarge | ProxyError::ClientBody(_)
-        ) {
+        // HTTP/2 has no Connection header; the stream ends on its own.
+        if self.version <= Version::HTTP_11
+            && matches!(
+                err,
+                ProxyError::BadRequest(_) | ProxyError::BodyTooLarge | ProxyError::ClientBody(_)
+            )
+        {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
@@ -170,6 +181,7 @@ pub async fn handle(
     let ctx = Ctx {
         html: error::prefers_html(req.headers().get(header::ACCEPT)),
         method: req.method().clone(),
+        version: req.version(),
         path: req.uri().path().to_string(),
         shared,
         rt,
@@ -220,6 +232,13 @@ async fn route_request(
             None,
         );
     }
+    if !ctx.conn.https
+        && ctx.rt.settings.redirect_https
+        && let Some(https) = ctx.rt.settings.https
+        && !ctx.path.starts_with("/.well-known/acme-challenge/")
+    {
+        return redirect_to_https(ctx, https.port(), req.uri());
+    }
     let Ok(path) = normalize_path(&ctx.path) else {
         return ctx.error_response(
             ProxyError::BadRequest("the path is not a valid absolute path"),
@@ -235,7 +254,7 @@ async fn route_request(
         }
         Lookup::NotFound => return ctx.error_response(ProxyError::NoRoute, None, None),
     };
-    let name = Some(route.name.clone());
+    let name = Some(&route);
     let config = &route.config;
     if !config.enabled {
         return ctx.error_response(ProxyError::RouteDisabled, name, None);
@@ -261,6 +280,45 @@ async fn route_request(
         Ok(response) => response,
         Err((err, upstream)) => ctx.error_response(err, name, upstream),
     }
+}
+
+/// 308 to the same host, path and query on https.
+fn redirect_to_https(ctx: &Ctx, port: u16, uri: &Uri) -> Response<ResponseBody> {
+    if ctx.host.is_empty() {
+        return ctx.error_response(
+            ProxyError::BadRequest("a Host header is required"),
+            None,
+            None,
+        );
+    }
+    let host = if ctx.host.contains(':') && !ctx.host.starts_with('[') {
+        format!("[{}]", ctx.host)
+    } else {
+        ctx.host.clone()
+    };
+    let port = if port == 443 {
+        String::new()
+    } else {
+        format!(":{port}")
+    };
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("https://{host}{port}{target}");
+    let record = ctx.record(StatusCode::PERMANENT_REDIRECT, None, None, None);
+    let mut response = Response::new(ResponseBody::full(
+        Bytes::new(),
+        Some(record),
+        Some(ctx.conn.phase.clone()),
+    ));
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        headers.insert(header::LOCATION, v);
+    }
+    headers.insert(
+        ctx.rt.settings.request_id_header.clone(),
+        ctx.request_id.clone(),
+    );
+    response
 }
 
 fn connect_timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
@@ -315,8 +373,15 @@ async fn forward(
         },
     );
     headers.insert(settings.request_id_header.clone(), ctx.request_id.clone());
-    if let Some(h) = &config.host_header {
-        headers.insert(header::HOST, h.clone());
+    match (&config.host_header, &host_value) {
+        (Some(h), _) => {
+            headers.insert(header::HOST, h.clone());
+        }
+        // HTTP/2 clients send `:authority` instead of Host; HTTP/1.1 upstreams need Host.
+        (None, Some(h)) if !headers.contains_key(header::HOST) => {
+            headers.insert(header::HOST, h.clone());
+        }
+        _ => {}
     }
     if let Some(edits) = &config.headers {
         for name in &edits.request_remove {
@@ -458,12 +523,7 @@ async fn forward(
     rparts
         .headers
         .insert(settings.request_id_header.clone(), ctx.request_id.clone());
-    let record = ctx.record(
-        rparts.status,
-        Some(route.name.clone()),
-        Some(member.label.clone()),
-        None,
-    );
+    let record = ctx.record(rparts.status, Some(route), Some(member.label.clone()), None);
     let body = if switching {
         ResponseBody::full(Bytes::new(), Some(record), Some(ctx.conn.phase.clone()))
     } else {

@@ -13,10 +13,12 @@ mod conn;
 mod error;
 mod forward;
 mod handler;
+mod listener;
 mod metrics;
 mod request_id;
 mod server;
 mod state;
+mod tls_setup;
 mod upgrade;
 mod upstream;
 

@@ -1,7 +1,8 @@
 //! The gateway's metrics registry. One value is made at start and handed to the parts that
 //! record; `/metrics` on the admin listener encodes it in the Prometheus text format.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -48,6 +49,53 @@ pub struct Metrics {
     pub upstream_healthy: Family<UpstreamLabel, Gauge>,
     pub config_reloads: Counter,
     pub config_reload_failures: Counter,
+    routes: Mutex<HashMap<String, Arc<RouteMetrics>>>,
+}
+
+/// The metrics of one route, resolved once so that recording a request takes no label
+/// hashing beyond the status code.
+pub struct RouteMetrics {
+    route: String,
+    requests: Family<RouteStatus, Counter>,
+    by_status: RwLock<Vec<(u16, Counter)>>,
+    duration: Histogram,
+    bytes_in: Counter,
+    bytes_out: Counter,
+}
+
+impl RouteMetrics {
+    fn status_counter(&self, status: u16) -> Counter {
+        if let Ok(list) = self.by_status.read()
+            && let Some((_, c)) = list.iter().find(|(s, _)| *s == status)
+        {
+            return c.clone();
+        }
+        let counter = self
+            .requests
+            .get_or_create(&RouteStatus {
+                route: self.route.clone(),
+                status,
+            })
+            .clone();
+        if let Ok(mut list) = self.by_status.write()
+            && !list.iter().any(|(s, _)| *s == status)
+        {
+            list.push((status, counter.clone()));
+        }
+        counter
+    }
+
+    /// Records one finished request.
+    pub fn record(&self, status: u16, head_seconds: f64, bytes_in: u64, bytes_out: u64) {
+        self.status_counter(status).inc();
+        self.duration.observe(head_seconds);
+        if bytes_in > 0 {
+            self.bytes_in.inc_by(bytes_in);
+        }
+        if bytes_out > 0 {
+            self.bytes_out.inc_by(bytes_out);
+        }
+    }
 }
 
 impl Metrics {
@@ -125,7 +173,33 @@ impl Metrics {
             upstream_healthy,
             config_reloads,
             config_reload_failures,
+            routes: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The metrics of route `name` (`"-"` for requests that matched none); the same value
+    /// for the same name across reloads.
+    pub fn route(&self, name: &str) -> Arc<RouteMetrics> {
+        let mut routes = match self.routes.lock() {
+            Ok(r) => r,
+            Err(p) => p.into_inner(),
+        };
+        routes
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                let label = RouteLabel {
+                    route: name.to_string(),
+                };
+                Arc::new(RouteMetrics {
+                    route: name.to_string(),
+                    requests: self.requests.clone(),
+                    by_status: RwLock::new(Vec::new()),
+                    duration: self.duration.get_or_create(&label).clone(),
+                    bytes_in: self.bytes_in.get_or_create(&label).clone(),
+                    bytes_out: self.bytes_out.get_or_create(&label).clone(),
+                })
+            })
+            .clone()
     }
 
     /// The Prometheus text exposition of every metric.

@@ -8,16 +8,14 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
 use kakuremichi_config::GatewayConfig;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::conn::{ConnInfo, ConnIo, ConnPhase};
-use crate::handler::{self, Shared};
+use crate::handler::Shared;
+use crate::listener::{Listener, accept_loop};
 use crate::metrics::Metrics;
 use crate::state::{BuildError, Runtime};
 use crate::upstream::pool::ClientCache;
@@ -36,12 +34,15 @@ pub enum GatewayError {
     Build(#[from] BuildError),
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
+    #[error(transparent)]
+    ServerTls(#[from] crate::tls_setup::ServerTlsError),
 }
 
 /// Addresses the gateway actually listens on (useful with port 0).
 #[derive(Debug, Clone, Copy)]
 pub struct BoundAddrs {
     pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
 }
 
@@ -79,7 +80,7 @@ impl ReloadHandle {
 
 pub struct Gateway {
     shared: Arc<Shared>,
-    http: Option<TcpListener>,
+    listeners: Vec<Listener>,
     admin: Option<TcpListener>,
     addrs: BoundAddrs,
     ready: Arc<AtomicBool>,
@@ -105,27 +106,41 @@ impl Gateway {
         let metrics = Metrics::new();
         let clients = ClientCache::new(config.settings.ca_roots.as_deref())?;
         let runtime = Runtime::build(config, &clients, &metrics)?;
-        let http = match config.settings.http {
-            Some(a) => Some(bind("http", a).await?),
-            None => None,
+        let mut listeners = Vec::new();
+        let mut addrs = BoundAddrs {
+            http: None,
+            https: None,
+            admin: None,
         };
+        if let Some(a) = config.settings.http {
+            let socket = bind("http", a).await?;
+            addrs.http = socket.local_addr().ok();
+            listeners.push(Listener { socket, tls: None });
+        }
+        if let Some(a) = config.settings.https {
+            let tls = crate::tls_setup::acceptor(config)?;
+            let socket = bind("https", a).await?;
+            addrs.https = socket.local_addr().ok();
+            listeners.push(Listener {
+                socket,
+                tls: Some(tls),
+            });
+        }
         let admin = match config.settings.admin {
             Some(a) => Some(bind("admin", a).await?),
             None => None,
         };
-        let addrs = BoundAddrs {
-            http: http.as_ref().and_then(|l| l.local_addr().ok()),
-            admin: admin.as_ref().and_then(|l| l.local_addr().ok()),
-        };
+        addrs.admin = admin.as_ref().and_then(|l| l.local_addr().ok());
         let shared = Arc::new(Shared {
             runtime: ArcSwap::new(runtime),
+            unrouted: metrics.route("-"),
             metrics,
             clients,
             hard_stop: CancellationToken::new(),
         });
         Ok(Gateway {
             shared,
-            http,
+            listeners,
             admin,
             addrs,
             ready: Arc::new(AtomicBool::new(false)),
@@ -155,19 +170,21 @@ impl Gateway {
                 admin_stop.clone(),
             ));
         }
-        if let Some(listener) = self.http {
-            let settings = self.shared.runtime.load().settings.clone();
-            let limit = Arc::new(Semaphore::new(settings.max_connections));
+        // One cap for all client listeners together.
+        let limit = Arc::new(Semaphore::new(
+            self.shared.runtime.load().settings.max_connections,
+        ));
+        for listener in self.listeners {
             tracker.spawn(accept_loop(
                 listener,
                 self.shared.clone(),
-                limit,
+                limit.clone(),
                 shutdown.clone(),
                 tracker.clone(),
             ));
         }
         self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(http = ?self.addrs.http, admin = ?self.addrs.admin, "gateway ready");
+        tracing::info!(http = ?self.addrs.http, https = ?self.addrs.https, admin = ?self.addrs.admin, "gateway ready");
         shutdown.cancelled().await;
         self.ready
             .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -186,86 +203,5 @@ impl Gateway {
         admin_stop.cancel();
         tracing::info!("gateway stopped");
         Ok(())
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    limit: Arc<Semaphore>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-) {
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                // Out of file descriptors and the like: back off briefly instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            shared.metrics.rejected_connections.inc();
-            drop(stream);
-            continue;
-        };
-        let shared = shared.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            shared.metrics.open_connections.inc();
-            serve_connection(stream, peer, shared.clone(), shutdown).await;
-            shared.metrics.open_connections.dec();
-            drop(permit);
-        });
-    }
-}
-
-async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-) {
-    let _ = stream.set_nodelay(true);
-    let local = stream.local_addr().unwrap_or(peer);
-    let settings = shared.runtime.load().settings.clone();
-    let phase = ConnPhase::new();
-    let info = Arc::new(ConnInfo {
-        peer,
-        local,
-        https: false,
-        phase: phase.clone(),
-    });
-    let io = TokioIo::new(ConnIo::new(stream, phase, settings.header_timeout));
-    let service_shared = shared.clone();
-    let service = hyper::service::service_fn(move |req| {
-        handler::handle(service_shared.clone(), info.clone(), req)
-    });
-    let mut builder = http1::Builder::new();
-    builder
-        .max_buf_size(settings.max_header_size.max(8192) as usize)
-        .max_headers(256)
-        .keep_alive(true);
-    let conn = builder.serve_connection(io, service).with_upgrades();
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(%peer, error = %e, "client connection ended with an error");
-            }
-        }
-        _ = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = shared.hard_stop.cancelled() => {}
-            }
-        }
     }
 }

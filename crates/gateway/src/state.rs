@@ -35,6 +35,7 @@ pub struct RouteRuntime {
     pub config: RouteConfig,
     pub upstreams: Arc<UpstreamSet>,
     pub client: HttpClient,
+    pub metrics: Arc<crate::metrics::RouteMetrics>,
 }
 
 /// Everything a request needs from the configuration.
@@ -137,6 +138,7 @@ impl Runtime {
                 config: route.clone(),
                 upstreams,
                 client,
+                metrics: metrics.route(&route.name),
             });
             builder.add(&route.hosts, &route.path, route.methods.as_deref(), value);
         }

@@ -1,0 +1,195 @@
+//! Accepting client connections: the `max_connections` cap, then per connection either plain
+//! HTTP/1.1 or TLS followed by HTTP/2 or HTTP/1.1 as ALPN chose, with graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::conn::{ConnInfo, ConnIo, ConnPhase};
+use crate::handler::{self, Shared};
+
+/// One listening socket and what it speaks.
+pub struct Listener {
+    pub socket: TcpListener,
+    /// `Some` for the https listener.
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// Accepts until `shutdown`; every connection task is tracked for the drain.
+pub async fn accept_loop(
+    listener: Listener,
+    shared: Arc<Shared>,
+    limit: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.socket.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            shared.metrics.rejected_connections.inc();
+            drop(stream);
+            continue;
+        };
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        let tls = listener.tls.clone();
+        tracker.spawn(async move {
+            shared.metrics.open_connections.inc();
+            let _ = stream.set_nodelay(true);
+            let local = stream.local_addr().unwrap_or(peer);
+            match tls {
+                None => serve_http1(stream, peer, local, false, &shared, &shutdown).await,
+                Some(acceptor) => {
+                    serve_tls(acceptor, stream, peer, local, &shared, &shutdown).await
+                }
+            }
+            shared.metrics.open_connections.dec();
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_tls(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+) {
+    let handshake_timeout = shared.runtime.load().settings.header_timeout;
+    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake did not finish in time");
+            return;
+        }
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    if h2 {
+        serve_http2(tls, peer, local, shared, shutdown).await;
+    } else {
+        serve_http1(tls, peer, local, true, shared, shutdown).await;
+    }
+}
+
+async fn serve_http1<S>(
+    stream: S,
+    peer: SocketAddr,
+    local: SocketAddr,
+    https: bool,
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (header_timeout, max_header_size) = {
+        let rt = shared.runtime.load();
+        (rt.settings.header_timeout, rt.settings.max_header_size)
+    };
+    let phase = ConnPhase::new();
+    let info = Arc::new(ConnInfo {
+        peer,
+        local,
+        https,
+        phase: phase.clone(),
+    });
+    let io = TokioIo::new(ConnIo::new(stream, phase, header_timeout));
+    let service_shared = shared.clone();
+    let service = hyper::service::service_fn(move |req| {
+        handler::handle(service_shared.clone(), info.clone(), req)
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .max_buf_size(max_header_size.max(8192) as usize)
+        .max_headers(256)
+        .keep_alive(true);
+    let conn = builder.serve_connection(io, service).with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+            }
+        }
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shared.hard_stop.cancelled() => {}
+            }
+        }
+    }
+}
+
+async fn serve_http2<S>(
+    stream: S,
+    peer: SocketAddr,
+    local: SocketAddr,
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let max_header_size = shared.runtime.load().settings.max_header_size;
+    let info = Arc::new(ConnInfo {
+        peer,
+        local,
+        https: true,
+        // HTTP/2 multiplexes requests, so there is no per-connection head deadline; the
+        // phase is kept only because the request path reports to it.
+        phase: ConnPhase::new(),
+    });
+    let service_shared = shared.clone();
+    let service = hyper::service::service_fn(move |req| {
+        handler::handle(service_shared.clone(), info.clone(), req)
+    });
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(max_header_size.min(u32::MAX as u64) as u32)
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
+            }
+        }
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shared.hard_stop.cancelled() => {}
+            }
+        }
+    }
+}
