@@ -27,6 +27,10 @@ pub struct AccessRecord {
     pub metrics: Arc<RouteMetrics>,
     /// Seconds from the request head to the response head.
     pub head_seconds: f64,
+    /// Name of the caller's API key (never the key).
+    pub api_key: Option<String>,
+    /// `sub` of the caller's token.
+    pub subject: Option<String>,
 }
 
 impl AccessRecord {
@@ -49,6 +53,8 @@ impl AccessRecord {
             bytes_out,
             duration_ms = (duration_ms * 1000.0).round() / 1000.0,
             error = self.error.unwrap_or(""),
+            api_key = self.api_key.as_deref().unwrap_or(""),
+            subject = self.subject.as_deref().unwrap_or(""),
             completed,
         );
         self.metrics

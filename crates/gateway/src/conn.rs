@@ -5,12 +5,15 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 const AWAITING_HEAD: u8 = 0;
 const IN_REQUEST: u8 = 1;
@@ -23,6 +26,11 @@ pub struct ConnPhase {
     /// Milliseconds after `opened` when the connection started waiting for a request head;
     /// 0 for the first request.
     awaiting_since_ms: AtomicU64,
+    /// Counts the responses finished: a new request head is awaited after each.
+    generation: AtomicU64,
+    /// The head just read had both Content-Length and Transfer-Encoding. hyper keeps only
+    /// one of the two, so the handler learns it from here.
+    framing_conflict: AtomicBool,
 }
 
 impl ConnPhase {
@@ -31,7 +39,15 @@ impl ConnPhase {
             opened: Instant::now(),
             phase: AtomicU8::new(AWAITING_HEAD),
             awaiting_since_ms: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            framing_conflict: AtomicBool::new(false),
         })
+    }
+
+    /// Whether the request head just read was framed both by Content-Length and by
+    /// Transfer-Encoding (a request smuggling attempt); clears the flag.
+    pub fn take_framing_conflict(&self) -> bool {
+        self.framing_conflict.swap(false, Ordering::AcqRel)
     }
 
     /// A request head was read.
@@ -46,6 +62,7 @@ impl ConnPhase {
         }
         let ms = (self.opened.elapsed().as_millis() as u64).max(1);
         self.awaiting_since_ms.store(ms, Ordering::Release);
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.phase.store(AWAITING_HEAD, Ordering::Release);
     }
 
@@ -65,6 +82,69 @@ fn timeout_response() -> Vec<u8> {
     .into_bytes()
 }
 
+/// Watches the bytes of a request head as they are read, for the one thing hyper does not
+/// pass on: a head with both `Content-Length` and `Transfer-Encoding` (hyper drops one of
+/// them and goes on). Stops at the blank line that ends the head.
+#[derive(Default)]
+struct HeadScan {
+    done: bool,
+    /// Non-empty lines so far (the request line is the first).
+    lines: u32,
+    line_len: usize,
+    in_name: bool,
+    name: [u8; 17],
+    name_len: usize,
+    content_length: bool,
+    transfer_encoding: bool,
+}
+
+impl HeadScan {
+    /// Feeds bytes; true once the head ended with both framing headers in it.
+    fn feed(&mut self, bytes: &[u8]) -> bool {
+        for &b in bytes {
+            if self.done {
+                return false;
+            }
+            match b {
+                b'\n' => {
+                    if self.line_len > 0 {
+                        self.lines += 1;
+                    } else if self.lines > 0 {
+                        self.done = true;
+                        return self.content_length && self.transfer_encoding;
+                    }
+                    self.line_len = 0;
+                    self.name_len = 0;
+                    self.in_name = false;
+                }
+                b'\r' => {}
+                _ => {
+                    if self.line_len == 0 {
+                        self.in_name = self.lines > 0;
+                    }
+                    self.line_len += 1;
+                    if !self.in_name {
+                        continue;
+                    }
+                    if b == b':' {
+                        self.in_name = false;
+                        let name = &self.name[..self.name_len];
+                        self.content_length |= name.eq_ignore_ascii_case(b"content-length");
+                        self.transfer_encoding |= name.eq_ignore_ascii_case(b"transfer-encoding");
+                    } else if self.name_len < self.name.len() {
+                        self.name[self.name_len] = b;
+                        self.name_len += 1;
+                    } else {
+                        // Longer than any name looked for.
+                        self.in_name = false;
+                    }
+                }
+            }
+        }
+        false
+    }
+}
+
 pin_project_lite::pin_project! {
     /// The client socket as hyper sees it. While a request head is awaited, reading is
     /// bounded by `header_timeout`: when it passes, a 408 is written (unless an idle
@@ -77,6 +157,7 @@ pin_project_lite::pin_project! {
         sleep: Pin<Box<Sleep>>,
         armed_for: Option<u64>,
         head_bytes: usize,
+        scan: HeadScan,
         timed_out: bool,
     }
 }
@@ -91,6 +172,7 @@ impl<S> ConnIo<S> {
             sleep: Box::pin(tokio::time::sleep_until(deadline.into())),
             armed_for: None,
             head_bytes: 0,
+            scan: HeadScan::default(),
             timed_out: false,
         }
     }
@@ -108,12 +190,14 @@ impl<S: AsyncRead + AsyncWrite> AsyncRead for ConnIo<S> {
         }
         let awaiting = this.phase.phase.load(Ordering::Acquire) == AWAITING_HEAD;
         if awaiting {
+            let generation = this.phase.generation.load(Ordering::Acquire);
             let since = this.phase.awaiting_since_ms.load(Ordering::Acquire);
-            if *this.armed_for != Some(since) {
+            if *this.armed_for != Some(generation) {
                 let deadline = this.phase.opened + Duration::from_millis(since) + *this.timeout;
                 this.sleep.as_mut().reset(deadline.into());
-                *this.armed_for = Some(since);
+                *this.armed_for = Some(generation);
                 *this.head_bytes = 0;
+                *this.scan = HeadScan::default();
             }
             if this.sleep.as_mut().poll(cx).is_ready() {
                 *this.timed_out = true;
@@ -131,6 +215,9 @@ impl<S: AsyncRead + AsyncWrite> AsyncRead for ConnIo<S> {
         let result = this.inner.poll_read(cx, buf);
         if awaiting && matches!(result, Poll::Ready(Ok(()))) {
             *this.head_bytes += buf.filled().len() - before;
+            if this.scan.feed(&buf.filled()[before..]) {
+                this.phase.framing_conflict.store(true, Ordering::Release);
+            }
         }
         result
     }
@@ -162,10 +249,73 @@ impl<S: AsyncWrite> AsyncWrite for ConnIo<S> {
     }
 }
 
+/// What an open client connection holds until it is closed: its slot under
+/// `max_connections`, its place in the drain, and its count in `open_connections`. An
+/// upgraded connection (WebSocket) keeps holding them after hyper hands it over.
+pub struct ConnHold {
+    _slot: OwnedSemaphorePermit,
+    _drain: TaskTrackerToken,
+    open: Gauge,
+}
+
+impl ConnHold {
+    pub fn new(slot: OwnedSemaphorePermit, drain: TaskTrackerToken, open: Gauge) -> Arc<Self> {
+        open.inc();
+        Arc::new(ConnHold {
+            _slot: slot,
+            _drain: drain,
+            open,
+        })
+    }
+}
+
+impl Drop for ConnHold {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
 /// Facts about the connection a request arrived on.
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub https: bool,
     pub phase: Arc<ConnPhase>,
+    pub hold: Arc<ConnHold>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeadScan;
+
+    fn conflict(head: &[u8], step: usize) -> bool {
+        let mut scan = HeadScan::default();
+        head.chunks(step).any(|c| scan.feed(c))
+    }
+
+    #[test]
+    fn both_framing_headers_are_seen_in_any_order_and_split() {
+        for step in [1, 3, 1000] {
+            assert!(conflict(
+                b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+                step
+            ));
+            assert!(conflict(
+                b"\r\nPOST / HTTP/1.1\r\ntransfer-encoding: chunked\r\nHost: a\r\nCONTENT-LENGTH: 5\r\n\r\n",
+                step
+            ));
+            assert!(!conflict(
+                b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nTransfer-Encoding: x\r\n\r\n",
+                step
+            ));
+            assert!(!conflict(
+                b"POST / HTTP/1.1\r\nX-Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+                step
+            ));
+            assert!(!conflict(
+                b"POST /Content-Length: HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                step
+            ));
+        }
+    }
 }

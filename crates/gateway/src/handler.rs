@@ -26,6 +26,7 @@ use crate::state::{RouteRuntime, Runtime};
 use crate::upgrade;
 use crate::upstream::connector::ConnectError;
 use crate::upstream::pool::ClientCache;
+use kakuremichi_policy::Decision;
 
 /// State shared by every connection of one gateway.
 pub struct Shared {
@@ -36,6 +37,10 @@ pub struct Shared {
     pub hard_stop: CancellationToken,
     /// Metrics of requests that matched no route.
     pub unrouted: Arc<RouteMetrics>,
+    /// Certificates (static and ACME), when the file has `[tls]`.
+    pub tls: Option<Arc<crate::tls_setup::TlsRuntime>>,
+    /// Shared state of the route policies (JWKS cache, limiter tables, stores).
+    pub policy_env: Arc<kakuremichi_policy::PolicyEnv>,
 }
 
 /// Per-request facts gathered before routing.
@@ -52,6 +57,15 @@ struct Ctx {
     html: bool,
     version: Version,
     bytes_in: Arc<std::sync::atomic::AtomicU64>,
+    /// API key name and token subject, once the policies have identified the caller.
+    identity: std::sync::OnceLock<Identity>,
+}
+
+/// Who the policies found the caller to be (for the access log; never the key itself).
+#[derive(Default)]
+pub struct Identity {
+    pub api_key: Option<String>,
+    pub subject: Option<String>,
 }
 
 impl Ctx {
@@ -81,6 +95,8 @@ impl Ctx {
             bytes_in: self.bytes_in.clone(),
             metrics: route_metrics,
             head_seconds: self.start.elapsed().as_secs_f64(),
+            api_key: self.identity.get().and_then(|i| i.api_key.clone()),
+            subject: self.identity.get().and_then(|i| i.subject.clone()),
         }
     }
 
@@ -142,6 +158,70 @@ impl Ctx {
     }
 }
 
+impl Ctx {
+    /// The answer a policy chose (401, 403, 429, a CORS preflight...).
+    fn policy_answer(
+        &self,
+        answer: kakuremichi_policy::Answer,
+        route: &Arc<RouteRuntime>,
+    ) -> Response<ResponseBody> {
+        let _ = self.identity.set(Identity {
+            api_key: answer.api_key_name.clone(),
+            subject: answer.subject.clone(),
+        });
+        let status = answer.status;
+        let record = self.record(status, Some(route), None, Some(answer.code));
+        let body = if answer.has_body() {
+            let (body, content_type) = error::error_body(
+                status,
+                answer.code,
+                &answer.message,
+                self.request_id.to_str().unwrap_or(""),
+                self.html,
+            );
+            Some((body, content_type))
+        } else {
+            None
+        };
+        let mut response = Response::new(ResponseBody::full(
+            body.as_ref().map(|(b, _)| b.clone()).unwrap_or_default(),
+            Some(record),
+            Some(self.conn.phase.clone()),
+        ));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        if let Some((_, content_type)) = body {
+            error::set_content_type(headers, content_type);
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
+        for (name, value) in answer.headers.iter() {
+            headers.append(name.clone(), value.clone());
+        }
+        headers.insert(
+            self.rt.settings.request_id_header.clone(),
+            self.request_id.clone(),
+        );
+        response
+    }
+
+    /// 200 with the key authorization of an ACME HTTP-01 challenge, or `None`.
+    fn acme_challenge(&self) -> Option<Response<ResponseBody>> {
+        let token = self.path.strip_prefix("/.well-known/acme-challenge/")?;
+        let answer = self.shared.tls.as_ref()?.http01_answer(token)?;
+        let record = self.record(StatusCode::OK, None, None, None);
+        let mut response = Response::new(ResponseBody::full(
+            Bytes::from(answer),
+            Some(record),
+            Some(self.conn.phase.clone()),
+        ));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        Some(response)
+    }
+}
+
 /// Shows an error with its causes, `a: b: c`.
 struct DisplayChain<'a>(&'a (dyn std::error::Error + 'static));
 
@@ -191,6 +271,7 @@ pub async fn handle(
         client_ip,
         host,
         bytes_in: Arc::default(),
+        identity: std::sync::OnceLock::new(),
     };
     Ok(route_request(&ctx, req, host_value).await)
 }
@@ -202,8 +283,10 @@ async fn route_request(
 ) -> Response<ResponseBody> {
     let headers = req.headers();
     // Request smuggling: a message framed two ways is refused and the connection closed.
-    if headers.contains_key(header::TRANSFER_ENCODING)
-        && headers.contains_key(header::CONTENT_LENGTH)
+    // hyper drops one of the two headers, so the connection's head scan reports it too.
+    if ctx.conn.phase.take_framing_conflict()
+        || (headers.contains_key(header::TRANSFER_ENCODING)
+            && headers.contains_key(header::CONTENT_LENGTH))
     {
         return ctx.error_response(
             ProxyError::BadRequest("both Content-Length and Transfer-Encoding are present"),
@@ -231,6 +314,11 @@ async fn route_request(
             None,
             None,
         );
+    }
+    if !ctx.conn.https
+        && let Some(response) = ctx.acme_challenge()
+    {
+        return response;
     }
     if !ctx.conn.https
         && ctx.rt.settings.redirect_https
@@ -276,10 +364,32 @@ async fn route_request(
             return ctx.error_response(ProxyError::BodyTooLarge, name, None);
         }
     }
-    match forward(ctx, &route, &prefix, &path, req, host_value).await {
+    let mut outcome = None;
+    let req = match &route.policies {
+        None => req,
+        Some(policies) => {
+            let (mut head, body) = req.into_parts();
+            match policies.check(&mut head, ctx.client_ip).await {
+                Decision::Continue(o) => {
+                    let _ = ctx.identity.set(Identity {
+                        api_key: o.api_key_name.clone(),
+                        subject: o.subject.clone(),
+                    });
+                    outcome = Some(o);
+                }
+                Decision::Respond(answer) => return ctx.policy_answer(answer, &route),
+            }
+            Request::from_parts(head, body)
+        }
+    };
+    let mut response = match forward(ctx, &route, &prefix, &path, req, host_value).await {
         Ok(response) => response,
         Err((err, upstream)) => ctx.error_response(err, name, upstream),
+    };
+    if let Some(outcome) = &outcome {
+        outcome.apply_to_response(response.headers_mut());
     }
+    response
 }
 
 /// 308 to the same host, path and query on https.
@@ -501,6 +611,7 @@ async fn forward(
             ctx.shared.hard_stop.clone(),
             ctx.shared.metrics.clone(),
             route.name.clone(),
+            ctx.conn.hold.clone(),
         );
     }
     let (mut rparts, rbody) = response.into_parts();

@@ -14,7 +14,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::conn::{ConnInfo, ConnIo, ConnPhase};
+use crate::conn::{ConnHold, ConnInfo, ConnIo, ConnPhase};
 use crate::handler::{self, Shared};
 
 /// One listening socket and what it speaks.
@@ -54,30 +54,40 @@ pub async fn accept_loop(
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         let tls = listener.tls.clone();
+        // Released when the connection closes, which for an upgraded (WebSocket) connection
+        // is after hyper is done with it.
+        let hold = ConnHold::new(
+            permit,
+            tracker.token(),
+            shared.metrics.open_connections.clone(),
+        );
         tracker.spawn(async move {
-            shared.metrics.open_connections.inc();
             let _ = stream.set_nodelay(true);
             let local = stream.local_addr().unwrap_or(peer);
+            let conn = Conn { peer, local, hold };
             match tls {
-                None => serve_http1(stream, peer, local, false, &shared, &shutdown).await,
-                Some(acceptor) => {
-                    serve_tls(acceptor, stream, peer, local, &shared, &shutdown).await
-                }
+                None => serve_http1(stream, conn, false, &shared, &shutdown).await,
+                Some(acceptor) => serve_tls(acceptor, stream, conn, &shared, &shutdown).await,
             }
-            shared.metrics.open_connections.dec();
-            drop(permit);
         });
     }
+}
+
+/// An accepted connection before its protocol is known.
+struct Conn {
+    peer: SocketAddr,
+    local: SocketAddr,
+    hold: Arc<ConnHold>,
 }
 
 async fn serve_tls(
     acceptor: TlsAcceptor,
     stream: TcpStream,
-    peer: SocketAddr,
-    local: SocketAddr,
+    conn: Conn,
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
 ) {
+    let peer = conn.peer;
     let handshake_timeout = shared.runtime.load().settings.header_timeout;
     let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
@@ -90,18 +100,22 @@ async fn serve_tls(
             return;
         }
     };
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let alpn = tls.get_ref().1.alpn_protocol();
+    if alpn == Some(kakuremichi_tls::ACME_TLS_ALPN) {
+        // A TLS-ALPN-01 validation: the handshake itself was the answer.
+        return;
+    }
+    let h2 = alpn == Some(b"h2");
     if h2 {
-        serve_http2(tls, peer, local, shared, shutdown).await;
+        serve_http2(tls, conn, shared, shutdown).await;
     } else {
-        serve_http1(tls, peer, local, true, shared, shutdown).await;
+        serve_http1(tls, conn, true, shared, shutdown).await;
     }
 }
 
 async fn serve_http1<S>(
     stream: S,
-    peer: SocketAddr,
-    local: SocketAddr,
+    conn: Conn,
     https: bool,
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
@@ -112,12 +126,14 @@ async fn serve_http1<S>(
         let rt = shared.runtime.load();
         (rt.settings.header_timeout, rt.settings.max_header_size)
     };
+    let Conn { peer, local, hold } = conn;
     let phase = ConnPhase::new();
     let info = Arc::new(ConnInfo {
         peer,
         local,
         https,
         phase: phase.clone(),
+        hold,
     });
     let io = TokioIo::new(ConnIo::new(stream, phase, header_timeout));
     let service_shared = shared.clone();
@@ -147,20 +163,17 @@ async fn serve_http1<S>(
     }
 }
 
-async fn serve_http2<S>(
-    stream: S,
-    peer: SocketAddr,
-    local: SocketAddr,
-    shared: &Arc<Shared>,
-    shutdown: &CancellationToken,
-) where
+async fn serve_http2<S>(stream: S, conn: Conn, shared: &Arc<Shared>, shutdown: &CancellationToken)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let max_header_size = shared.runtime.load().settings.max_header_size;
+    let Conn { peer, local, hold } = conn;
     let info = Arc::new(ConnInfo {
         peer,
         local,
         https: true,
+        hold,
         // HTTP/2 multiplexes requests, so there is no per-connection head deadline; the
         // phase is kept only because the request path reports to it.
         phase: ConnPhase::new(),

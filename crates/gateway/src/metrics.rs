@@ -23,6 +23,11 @@ pub struct RouteLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostLabel {
+    pub host: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabel {
     pub route: String,
     pub upstream: String,
@@ -49,8 +54,15 @@ pub struct Metrics {
     pub upstream_healthy: Family<UpstreamLabel, Gauge>,
     pub config_reloads: Counter,
     pub config_reload_failures: Counter,
+    pub certificate_expiry: Family<HostLabel, Gauge>,
+    pub certificate_renewal_failures: Family<HostLabel, Gauge>,
+    pub acme_orders: Gauge,
     routes: Mutex<HashMap<String, Arc<RouteMetrics>>>,
+    /// Run before every encoding, to copy state kept elsewhere into gauges.
+    refreshers: Mutex<Vec<Refresher>>,
 }
+
+type Refresher = Box<dyn Fn(&Metrics) + Send + Sync>;
 
 /// The metrics of one route, resolved once so that recording a request takes no label
 /// hashing beyond the status code.
@@ -161,7 +173,29 @@ impl Metrics {
             "Configurations refused on reload (the previous one stayed in force)",
             config_reload_failures.clone(),
         );
+        let certificate_expiry = Family::<HostLabel, Gauge>::default();
+        registry.register(
+            "certificate_expiry_seconds",
+            "Seconds until the certificate served for the host expires (negative: expired)",
+            certificate_expiry.clone(),
+        );
+        let certificate_renewal_failures = Family::<HostLabel, Gauge>::default();
+        registry.register(
+            "certificate_renewal_failures",
+            "Failed ACME attempts for the host since its last success",
+            certificate_renewal_failures.clone(),
+        );
+        let acme_orders = Gauge::default();
+        registry.register(
+            "acme_orders",
+            "ACME orders started since the gateway started",
+            acme_orders.clone(),
+        );
         Arc::new(Metrics {
+            certificate_expiry,
+            certificate_renewal_failures,
+            acme_orders,
+            refreshers: Mutex::new(Vec::new()),
             registry,
             requests,
             duration,
@@ -202,8 +236,20 @@ impl Metrics {
             .clone()
     }
 
+    /// Adds a function run before every encoding.
+    pub fn add_refresher(&self, f: impl Fn(&Metrics) + Send + Sync + 'static) {
+        if let Ok(mut list) = self.refreshers.lock() {
+            list.push(Box::new(f));
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        if let Ok(list) = self.refreshers.lock() {
+            for f in list.iter() {
+                f(self);
+            }
+        }
         let mut out = String::with_capacity(4096);
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

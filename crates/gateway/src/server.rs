@@ -16,8 +16,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::handler::Shared;
 use crate::listener::{Listener, accept_loop};
-use crate::metrics::Metrics;
+use crate::metrics::{HostLabel, Metrics};
 use crate::state::{BuildError, Runtime};
+use crate::tls_setup::TlsRuntime;
 use crate::upstream::pool::ClientCache;
 use crate::upstream::tls::TlsSetupError;
 
@@ -55,7 +56,21 @@ pub struct ReloadHandle {
 impl ReloadHandle {
     /// Builds the new state and swaps it in. On error the old configuration stays in force.
     pub fn reload(&self, config: &GatewayConfig) -> Result<(), GatewayError> {
-        let result = Runtime::build(config, &self.shared.clients, &self.shared.metrics);
+        let result = Runtime::build(
+            config,
+            &self.shared.clients,
+            &self.shared.metrics,
+            &self.shared.policy_env,
+        )
+        .map_err(GatewayError::from)
+        .and_then(|runtime| {
+            if let Some(tls) = &self.shared.tls {
+                tls.reload(config)?;
+            } else if config.tls.is_some() {
+                tracing::warn!("[tls] was added to the file; it takes effect at the next restart");
+            }
+            Ok(runtime)
+        });
         match result {
             Ok(runtime) => {
                 let old = self.shared.runtime.load();
@@ -72,7 +87,7 @@ impl ReloadHandle {
             }
             Err(e) => {
                 self.shared.metrics.config_reload_failures.inc();
-                Err(e.into())
+                Err(e)
             }
         }
     }
@@ -105,7 +120,30 @@ impl Gateway {
     pub async fn bind(config: &GatewayConfig) -> Result<Gateway, GatewayError> {
         let metrics = Metrics::new();
         let clients = ClientCache::new(config.settings.ca_roots.as_deref())?;
-        let runtime = Runtime::build(config, &clients, &metrics)?;
+        let policy_env = kakuremichi_policy::PolicyEnv::new(config.settings.ca_roots.as_deref())
+            .map_err(BuildError::Policy)?;
+        let runtime = Runtime::build(config, &clients, &metrics, &policy_env)?;
+        let tls = TlsRuntime::build(config)?.map(Arc::new);
+        if let Some(tls) = &tls {
+            let store = tls.store.clone();
+            let acme = tls.acme.clone();
+            metrics.add_refresher(move |m| {
+                for status in store.status() {
+                    let label = HostLabel {
+                        host: status.host.clone(),
+                    };
+                    if let Some(left) = status.seconds_left {
+                        m.certificate_expiry.get_or_create(&label).set(left);
+                    }
+                    m.certificate_renewal_failures
+                        .get_or_create(&label)
+                        .set(i64::from(status.renewal_failures));
+                }
+                if let Some(acme) = &acme {
+                    m.acme_orders.set(acme.orders_started() as i64);
+                }
+            });
+        }
         let mut listeners = Vec::new();
         let mut addrs = BoundAddrs {
             http: None,
@@ -117,13 +155,12 @@ impl Gateway {
             addrs.http = socket.local_addr().ok();
             listeners.push(Listener { socket, tls: None });
         }
-        if let Some(a) = config.settings.https {
-            let tls = crate::tls_setup::acceptor(config)?;
+        if let (Some(a), Some(tls)) = (config.settings.https, &tls) {
             let socket = bind("https", a).await?;
             addrs.https = socket.local_addr().ok();
             listeners.push(Listener {
                 socket,
-                tls: Some(tls),
+                tls: Some(tls.acceptor()),
             });
         }
         let admin = match config.settings.admin {
@@ -134,6 +171,8 @@ impl Gateway {
         let shared = Arc::new(Shared {
             runtime: ArcSwap::new(runtime),
             unrouted: metrics.route("-"),
+            tls,
+            policy_env,
             metrics,
             clients,
             hard_stop: CancellationToken::new(),
@@ -169,6 +208,9 @@ impl Gateway {
                 self.ready.clone(),
                 admin_stop.clone(),
             ));
+        }
+        if let Some(tls) = &self.shared.tls {
+            tls.start(shutdown.clone());
         }
         // One cap for all client listeners together.
         let limit = Arc::new(Semaphore::new(

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use kakuremichi_config::gateway::GatewaySettings;
 use kakuremichi_config::{GatewayConfig, RouteConfig};
+use kakuremichi_policy::{PolicyEnv, RoutePolicies};
 use kakuremichi_router::{RouteTable, RouteTableBuilder};
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +28,8 @@ pub enum BuildError {
     },
     #[error("{file}: {what} is not supported by this version of the gateway yet; remove it")]
     UnsupportedGateway { file: String, what: &'static str },
+    #[error(transparent)]
+    Policy(#[from] kakuremichi_policy::PolicyError),
 }
 
 /// One route, ready to serve.
@@ -36,6 +39,8 @@ pub struct RouteRuntime {
     pub upstreams: Arc<UpstreamSet>,
     pub client: HttpClient,
     pub metrics: Arc<crate::metrics::RouteMetrics>,
+    /// JWT, API keys, rate limit and CORS; `None` when the route has none of them.
+    pub policies: Option<RoutePolicies>,
 }
 
 /// Everything a request needs from the configuration.
@@ -54,11 +59,7 @@ impl Drop for Runtime {
 
 fn refuse_unsupported(config: &GatewayConfig) -> Result<(), BuildError> {
     let file = config.file.display().to_string();
-    let gateway_level: [(&'static str, bool); 4] = [
-        (
-            "[tls] and `https` (HTTPS listener)",
-            config.tls.is_some() || config.settings.https.is_some(),
-        ),
+    let gateway_level: [(&'static str, bool); 3] = [
         (
             "`tunnel` (agent tunnel listener)",
             config.settings.tunnel.is_some(),
@@ -75,13 +76,7 @@ fn refuse_unsupported(config: &GatewayConfig) -> Result<(), BuildError> {
         }
     }
     for r in &config.routes {
-        let checks: [(&'static str, bool); 5] = [
-            ("`via` (tunneled upstreams)", r.via.is_some()),
-            ("[routes.jwt]", r.jwt.is_some()),
-            ("[routes.api_keys]", r.api_keys.is_some()),
-            ("[routes.rate_limit]", r.rate_limit.is_some()),
-            ("[routes.cors]", r.cors.is_some()),
-        ];
+        let checks: [(&'static str, bool); 1] = [("`via` (tunneled upstreams)", r.via.is_some())];
         for (what, present) in checks {
             if present {
                 return Err(BuildError::Unsupported {
@@ -101,6 +96,7 @@ impl Runtime {
         config: &GatewayConfig,
         clients: &ClientCache,
         metrics: &Metrics,
+        policy_env: &Arc<PolicyEnv>,
     ) -> Result<Arc<Runtime>, BuildError> {
         refuse_unsupported(config)?;
         let background = CancellationToken::new();
@@ -133,13 +129,32 @@ impl Runtime {
             if !route.tls_verify {
                 tracing::warn!(route = %route.name, "tls_verify = false: certificates of this route's https upstreams are NOT checked");
             }
+            let policies = RoutePolicies::build(
+                &route.name,
+                route.jwt.as_ref(),
+                route.api_keys.as_ref(),
+                route.rate_limit.as_ref(),
+                route.cors.as_ref(),
+                policy_env,
+            )?;
+            let policies = (!policies.is_empty()).then_some(policies);
             let value = Arc::new(RouteRuntime {
                 name,
                 config: route.clone(),
                 upstreams,
                 client,
                 metrics: metrics.route(&route.name),
+                policies,
             });
+            if value.policies.is_some() {
+                // Fetch JWKS ahead of the first request; a failure is retried on demand.
+                let warm = value.clone();
+                tokio::spawn(async move {
+                    if let Some(p) = &warm.policies {
+                        p.warm().await;
+                    }
+                });
+            }
             builder.add(&route.hosts, &route.path, route.methods.as_deref(), value);
         }
         Ok(Arc::new(Runtime {

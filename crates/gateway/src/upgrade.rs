@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
+use crate::conn::ConnHold;
 use crate::metrics::Metrics;
 
 pin_project_lite::pin_project! {
@@ -70,7 +71,8 @@ async fn idle_expired(last: Arc<AtomicU64>, epoch: Instant, idle: Duration) {
     }
 }
 
-/// Waits for both sides to finish their upgrade, then splices them.
+/// Waits for both sides to finish their upgrade, then splices them. `hold` (the client
+/// connection's slot and drain token) is kept until the splice ends.
 pub fn spawn_splice(
     client: OnUpgrade,
     upstream: OnUpgrade,
@@ -78,8 +80,10 @@ pub fn spawn_splice(
     stop: CancellationToken,
     metrics: Arc<Metrics>,
     route: Arc<str>,
+    hold: Arc<ConnHold>,
 ) {
     tokio::spawn(async move {
+        let _hold = hold;
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
             Err(e) => {
