@@ -14,6 +14,8 @@ pub enum ProxyError {
     MethodNotAllowed(Vec<Method>),
     #[error("this route is disabled")]
     RouteDisabled,
+    #[error("no agent of this route's group is connected")]
+    NoAgent,
     #[error("no healthy upstream is available for this route")]
     NoHealthyUpstream,
     #[error("the upstream refused the connection or could not be reached")]
@@ -41,7 +43,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::RouteDisabled | ProxyError::NoHealthyUpstream => {
+            ProxyError::RouteDisabled | ProxyError::NoHealthyUpstream | ProxyError::NoAgent => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::UpstreamConnect(_) | ProxyError::UpstreamFailed(_) => {
@@ -62,6 +64,7 @@ impl ProxyError {
             ProxyError::NoRoute => "no_route",
             ProxyError::MethodNotAllowed(_) => "method_not_allowed",
             ProxyError::RouteDisabled => "route_disabled",
+            ProxyError::NoAgent => "no_agent_connected",
             ProxyError::NoHealthyUpstream => "no_healthy_upstream",
             ProxyError::UpstreamConnect(_) => "upstream_unreachable",
             ProxyError::UpstreamConnectTimeout => "upstream_connect_timeout",
@@ -77,7 +80,7 @@ impl ProxyError {
     /// Seconds a client may wait before trying again, where the gateway knows one.
     pub fn retry_after(&self) -> Option<u32> {
         match self {
-            ProxyError::NoHealthyUpstream => Some(5),
+            ProxyError::NoHealthyUpstream | ProxyError::NoAgent => Some(5),
             _ => None,
         }
     }

@@ -41,6 +41,8 @@ pub struct Shared {
     pub tls: Option<Arc<crate::tls_setup::TlsRuntime>>,
     /// Shared state of the route policies (JWKS cache, limiter tables, stores).
     pub policy_env: Arc<kakuremichi_policy::PolicyEnv>,
+    /// Agents connected to the tunnel listener, when there is one.
+    pub tunnel: Option<kakuremichi_tunnel::AgentRegistry>,
 }
 
 /// Per-request facts gathered before routing.
@@ -431,18 +433,25 @@ fn redirect_to_https(ctx: &Ctx, port: u16, uri: &Uri) -> Response<ResponseBody> 
     response
 }
 
-fn connect_timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(err);
+/// What a failed connection means for the client: 503 when no agent of the group is
+/// connected, 504 for timeouts, 502 otherwise.
+fn classify_connect_error(err: hyper_util::client::legacy::Error) -> ProxyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
     while let Some(e) = source {
-        if matches!(
-            e.downcast_ref::<ConnectError>(),
-            Some(ConnectError::Timeout { .. })
-        ) {
-            return true;
+        match e.downcast_ref::<ConnectError>() {
+            Some(ConnectError::Timeout { .. }) => return ProxyError::UpstreamConnectTimeout,
+            Some(ConnectError::Tunnel(open)) => {
+                return match open.http_status() {
+                    503 => ProxyError::NoAgent,
+                    504 => ProxyError::UpstreamConnectTimeout,
+                    _ => ProxyError::UpstreamConnect(Box::new(err)),
+                };
+            }
+            _ => {}
         }
         source = e.source();
     }
-    false
+    ProxyError::UpstreamConnect(Box::new(err))
 }
 
 type Failure = (ProxyError, Option<Arc<str>>);
@@ -513,16 +522,28 @@ async fn forward(
         ..Default::default()
     });
     let several = route.upstreams.members().len() > 1;
-    let mut spare_headers = several.then(|| headers.clone());
+    // Through a tunnel, another attempt opens a stream on another agent of the group, so even
+    // a single upstream URL is worth a retry.
+    let via = config.via.is_some();
+    let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let max_attempts = route.upstreams.members().len() + if via { 2 } else { 0 };
+    let mut attempts = 0;
+    let mut spare_headers = (several || via).then(|| headers.clone());
     let mut headers = Some(headers);
     let mut tried: Vec<usize> = Vec::new();
     let mut last_error: Option<Failure> = None;
 
     let (response, member, in_flight) = loop {
-        let Some((index, member, in_flight)) = route.upstreams.pick(&tried) else {
+        let mut picked = route.upstreams.pick(&tried);
+        if picked.is_none() && via && attempts > 0 && attempts < max_attempts {
+            tried.clear();
+            picked = route.upstreams.pick(&tried);
+        }
+        let Some((index, member, in_flight)) = picked else {
             return Err(last_error.unwrap_or((ProxyError::NoHealthyUpstream, None)));
         };
         tried.push(index);
+        attempts += 1;
         let label = Some(member.label.clone());
         let mut attempt_headers = match headers.take() {
             Some(h) => h,
@@ -572,15 +593,14 @@ async fn forward(
                     return Err((ProxyError::BodyTooLarge, label));
                 }
                 if e.is_connect() {
-                    route.upstreams.mark_failed(index);
-                    let failure = if connect_timed_out(&e) {
-                        ProxyError::UpstreamConnectTimeout
-                    } else {
-                        ProxyError::UpstreamConnect(Box::new(e))
-                    };
+                    let failure = classify_connect_error(e);
+                    if !matches!(failure, ProxyError::NoAgent) {
+                        route.upstreams.mark_failed(index);
+                    }
                     let untouched = body_state.bytes.load(Ordering::Relaxed) == 0
                         && slot.lock().map(|s| s.is_some()).unwrap_or(false);
-                    if untouched && several {
+                    let no_agent = matches!(failure, ProxyError::NoAgent);
+                    if untouched && (several || via) && !no_agent && attempts < max_attempts {
                         tracing::info!(request_id = ctx.request_id.to_str().unwrap_or("-"), upstream = %member.label, error = %DisplayChain(&failure), "upstream unreachable; trying another");
                         last_error = Some((failure, label));
                         if spare_headers.is_none() {
@@ -592,6 +612,15 @@ async fn forward(
                 }
                 if body_state.client_error.load(Ordering::Relaxed) {
                     return Err((ProxyError::ClientBody(Box::new(e)), label));
+                }
+                // A pooled connection that died under us (an agent killed, an upstream
+                // restarted): an idempotent request whose body was not read yet is safe to
+                // send again.
+                let untouched = body_state.bytes.load(Ordering::Relaxed) == 0;
+                if idempotent && untouched && (several || via) && attempts < max_attempts {
+                    tracing::info!(request_id = ctx.request_id.to_str().unwrap_or("-"), upstream = %member.label, error = %e, "upstream connection failed before answering; retrying the idempotent request");
+                    last_error = Some((ProxyError::UpstreamFailed(Box::new(e)), label));
+                    continue;
                 }
                 return Err((ProxyError::UpstreamFailed(Box::new(e)), label));
             }

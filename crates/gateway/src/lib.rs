@@ -19,6 +19,7 @@ mod request_id;
 mod server;
 mod state;
 mod tls_setup;
+mod tunnel_setup;
 mod upgrade;
 mod upstream;
 

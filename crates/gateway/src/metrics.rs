@@ -28,6 +28,11 @@ pub struct HostLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgentLabel {
+    pub agent: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabel {
     pub route: String,
     pub upstream: String,
@@ -57,6 +62,12 @@ pub struct Metrics {
     pub certificate_expiry: Family<HostLabel, Gauge>,
     pub certificate_renewal_failures: Family<HostLabel, Gauge>,
     pub acme_orders: Gauge,
+    pub tunnel_agents_connected: Family<AgentLabel, Gauge>,
+    pub tunnel_streams_open: Family<AgentLabel, Gauge>,
+    pub tunnel_agent_connections: Family<AgentLabel, Gauge>,
+    pub tunnel_bytes_to_agents: Gauge,
+    pub tunnel_bytes_from_agents: Gauge,
+    pub tunnel_handshakes_refused: Gauge,
     routes: Mutex<HashMap<String, Arc<RouteMetrics>>>,
     /// Run before every encoding, to copy state kept elsewhere into gauges.
     refreshers: Mutex<Vec<Refresher>>,
@@ -191,7 +202,49 @@ impl Metrics {
             "ACME orders started since the gateway started",
             acme_orders.clone(),
         );
+        let tunnel_agents_connected = Family::<AgentLabel, Gauge>::default();
+        registry.register(
+            "tunnel_agents_connected",
+            "Agent connections up now, by agent name",
+            tunnel_agents_connected.clone(),
+        );
+        let tunnel_streams_open = Family::<AgentLabel, Gauge>::default();
+        registry.register(
+            "tunnel_streams_open",
+            "Proxied streams open now through the tunnel, by agent name",
+            tunnel_streams_open.clone(),
+        );
+        let tunnel_agent_connections = Family::<AgentLabel, Gauge>::default();
+        registry.register(
+            "tunnel_agent_connections",
+            "Agent connections accepted since start, by agent name (minus those connected: reconnects)",
+            tunnel_agent_connections.clone(),
+        );
+        let tunnel_bytes_to_agents = Gauge::default();
+        registry.register(
+            "tunnel_bytes_to_agents",
+            "Bytes sent to agents through the tunnel since start",
+            tunnel_bytes_to_agents.clone(),
+        );
+        let tunnel_bytes_from_agents = Gauge::default();
+        registry.register(
+            "tunnel_bytes_from_agents",
+            "Bytes received from agents through the tunnel since start",
+            tunnel_bytes_from_agents.clone(),
+        );
+        let tunnel_handshakes_refused = Gauge::default();
+        registry.register(
+            "tunnel_handshakes_refused",
+            "Agents refused for their token since start",
+            tunnel_handshakes_refused.clone(),
+        );
         Arc::new(Metrics {
+            tunnel_agents_connected,
+            tunnel_streams_open,
+            tunnel_agent_connections,
+            tunnel_bytes_to_agents,
+            tunnel_bytes_from_agents,
+            tunnel_handshakes_refused,
             certificate_expiry,
             certificate_renewal_failures,
             acme_orders,

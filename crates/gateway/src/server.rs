@@ -37,6 +37,8 @@ pub enum GatewayError {
     Tls(#[from] TlsSetupError),
     #[error(transparent)]
     ServerTls(#[from] crate::tls_setup::ServerTlsError),
+    #[error(transparent)]
+    Tunnel(#[from] crate::tunnel_setup::TunnelSetupError),
 }
 
 /// Addresses the gateway actually listens on (useful with port 0).
@@ -44,6 +46,7 @@ pub enum GatewayError {
 pub struct BoundAddrs {
     pub http: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
+    pub tunnel: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
 }
 
@@ -64,6 +67,9 @@ impl ReloadHandle {
         )
         .map_err(GatewayError::from)
         .and_then(|runtime| {
+            if let Some(registry) = &self.shared.tunnel {
+                registry.replace_auth(crate::tunnel_setup::agent_auth(config)?);
+            }
             if let Some(tls) = &self.shared.tls {
                 tls.reload(config)?;
             } else if config.tls.is_some() {
@@ -96,6 +102,7 @@ impl ReloadHandle {
 pub struct Gateway {
     shared: Arc<Shared>,
     listeners: Vec<Listener>,
+    tunnel: Option<kakuremichi_tunnel::TunnelServer>,
     admin: Option<TcpListener>,
     addrs: BoundAddrs,
     ready: Arc<AtomicBool>,
@@ -119,11 +126,19 @@ impl Gateway {
     /// Validates what the configuration needs at run time and binds the listeners.
     pub async fn bind(config: &GatewayConfig) -> Result<Gateway, GatewayError> {
         let metrics = Metrics::new();
-        let clients = ClientCache::new(config.settings.ca_roots.as_deref())?;
+        let tunnel = match config.settings.tunnel {
+            Some(addr) => Some(crate::tunnel_setup::bind(config, addr).await?),
+            None => None,
+        };
+        let registry = tunnel.as_ref().map(|t| t.registry());
+        let clients = ClientCache::new(config.settings.ca_roots.as_deref(), registry.clone())?;
         let policy_env = kakuremichi_policy::PolicyEnv::new(config.settings.ca_roots.as_deref())
             .map_err(BuildError::Policy)?;
         let runtime = Runtime::build(config, &clients, &metrics, &policy_env)?;
         let tls = TlsRuntime::build(config)?.map(Arc::new);
+        if let Some(registry) = &registry {
+            crate::tunnel_setup::export_metrics(&metrics, registry.clone());
+        }
         if let Some(tls) = &tls {
             let store = tls.store.clone();
             let acme = tls.acme.clone();
@@ -148,6 +163,7 @@ impl Gateway {
         let mut addrs = BoundAddrs {
             http: None,
             https: None,
+            tunnel: tunnel.as_ref().map(|t| t.local_addr()),
             admin: None,
         };
         if let Some(a) = config.settings.http {
@@ -173,6 +189,7 @@ impl Gateway {
             unrouted: metrics.route("-"),
             tls,
             policy_env,
+            tunnel: registry,
             metrics,
             clients,
             hard_stop: CancellationToken::new(),
@@ -180,6 +197,7 @@ impl Gateway {
         Ok(Gateway {
             shared,
             listeners,
+            tunnel,
             admin,
             addrs,
             ready: Arc::new(AtomicBool::new(false)),
@@ -211,6 +229,10 @@ impl Gateway {
         }
         if let Some(tls) = &self.shared.tls {
             tls.start(shutdown.clone());
+        }
+        if let Some(tunnel) = self.tunnel {
+            // Agents stay connected through the drain so tunneled requests can finish.
+            tokio::spawn(tunnel.run(self.shared.hard_stop.clone()));
         }
         // One cap for all client listeners together.
         let limit = Arc::new(Semaphore::new(

@@ -18,18 +18,14 @@ use crate::upstream::select::UpstreamSet;
 /// Why a configuration cannot be served by this gateway.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error(
-        "{file}: route \"{route}\": {what} is not supported by this version of the gateway yet; remove it from the route (the gateway refuses to serve the route without it rather than leave it unprotected)"
-    )]
-    Unsupported {
-        file: String,
-        route: String,
-        what: &'static str,
-    },
     #[error("{file}: {what} is not supported by this version of the gateway yet; remove it")]
     UnsupportedGateway { file: String, what: &'static str },
     #[error(transparent)]
     Policy(#[from] kakuremichi_policy::PolicyError),
+    #[error(
+        "{file}: route \"{route}\" has `via` but [gateway] has no `tunnel` listener for agents to connect to; add `tunnel = \"0.0.0.0:7844\"`"
+    )]
+    ViaWithoutTunnel { file: String, route: String },
 }
 
 /// One route, ready to serve.
@@ -59,14 +55,8 @@ impl Drop for Runtime {
 
 fn refuse_unsupported(config: &GatewayConfig) -> Result<(), BuildError> {
     let file = config.file.display().to_string();
-    let gateway_level: [(&'static str, bool); 3] = [
-        (
-            "`tunnel` (agent tunnel listener)",
-            config.settings.tunnel.is_some(),
-        ),
-        ("[control] (managed mode)", config.control.is_some()),
-        ("[[agents]]", !config.agents.is_empty()),
-    ];
+    let gateway_level: [(&'static str, bool); 1] =
+        [("[control] (managed mode)", config.control.is_some())];
     for (what, present) in gateway_level {
         if present {
             return Err(BuildError::UnsupportedGateway {
@@ -76,15 +66,11 @@ fn refuse_unsupported(config: &GatewayConfig) -> Result<(), BuildError> {
         }
     }
     for r in &config.routes {
-        let checks: [(&'static str, bool); 1] = [("`via` (tunneled upstreams)", r.via.is_some())];
-        for (what, present) in checks {
-            if present {
-                return Err(BuildError::Unsupported {
-                    file: file.clone(),
-                    route: r.name.clone(),
-                    what,
-                });
-            }
+        if r.via.is_some() && config.settings.tunnel.is_none() {
+            return Err(BuildError::ViaWithoutTunnel {
+                file: file.clone(),
+                route: r.name.clone(),
+            });
         }
     }
     Ok(())
@@ -116,7 +102,11 @@ impl Runtime {
                         .clone()
                 },
             ));
-            let client = clients.get(route.tls_verify, route.connect_timeout);
+            let client = clients.get(
+                route.tls_verify,
+                route.connect_timeout,
+                route.via.as_deref(),
+            );
             if let Some(check) = &route.health_check {
                 health::spawn(
                     upstreams.clone(),

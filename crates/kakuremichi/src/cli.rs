@@ -21,7 +21,7 @@ pub enum Command {
     /// Run a gateway: listeners, routing, policies and forwarding.
     Gateway(RoleArgs),
     /// Run an agent that dials out to gateways and reaches private upstreams.
-    Agent(RoleArgs),
+    Agent(AgentArgs),
     /// Run the control plane: API, web UI and push to gateways and agents.
     Control(RoleArgs),
     /// Validate a gateway, agent or control file; prints file:line:column: message and
@@ -38,6 +38,46 @@ pub struct RoleArgs {
     pub config: PathBuf,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// The agent file (TOML). Without it, the flags below describe the agent.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// A gateway's tunnel address, host:port (repeat for several gateways).
+    #[arg(long = "gateway", value_name = "HOST:PORT")]
+    pub gateways: Vec<String>,
+    /// The agent's token (prefer --token-file: a flag is visible to other local users).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// A file holding the agent's token.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The agent's name: routes reach it with `via = NAME`.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The gateway's tunnel pin, `sha256:...` (printed by the gateway at start).
+    #[arg(long)]
+    pub pin: Option<String>,
+    /// A PEM file of the CA that signed the gateways' tunnel certificates.
+    #[arg(long, value_name = "FILE")]
+    pub gateway_ca: Option<PathBuf>,
+    /// Upstreams the agent may dial: host:port, an IP or a CIDR (repeat); none: any.
+    #[arg(long = "allow", value_name = "TARGET")]
+    pub allow: Vec<String>,
+    /// Tunnel transport.
+    #[arg(long, value_enum)]
+    pub transport: Option<TransportArg>,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum TransportArg {
+    Auto,
+    Quic,
+    Tcp,
 }
 
 #[derive(Args, Debug)]

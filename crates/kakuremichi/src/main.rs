@@ -1,6 +1,7 @@
 //! The `kakuremichi` binary: parses the command line and hands over to a role.
 #![forbid(unsafe_code)]
 
+mod agent;
 mod check;
 mod cli;
 mod demo;
@@ -18,7 +19,8 @@ fn main() -> ExitCode {
         cli::Command::Check(args) => check::run(&args),
         cli::Command::Gateway(args) => gateway::run(&args),
         cli::Command::Demo(args) => demo::run(&args),
-        cli::Command::Agent(_) | cli::Command::Control(_) => {
+        cli::Command::Agent(args) => agent::run(&args),
+        cli::Command::Control(_) => {
             eprintln!("this role is not available in this version yet; see `kakuremichi --help`");
             ExitCode::from(2)
         }

@@ -1,5 +1,6 @@
-//! Dials upstreams: TCP with a connect timeout, then TLS (rustls) for `https` upstreams.
-//! Used by the pooled HTTP client, which keeps the connections alive between requests.
+//! Dials upstreams: TCP with a connect timeout, or a stream through an agent of the route's
+//! `via` group, then TLS (rustls) for `https` upstreams. Used by the pooled HTTP client,
+//! which keeps the connections alive between requests.
 
 use std::future::Future;
 use std::io;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
+use kakuremichi_tunnel::{AgentRegistry, TunnelStream};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -45,12 +47,74 @@ pub enum ConnectError {
     },
     #[error("the upstream URL {0} has no host")]
     NoHost(String),
+    #[error(transparent)]
+    Tunnel(#[from] kakuremichi_tunnel::OpenError),
+}
+
+/// The byte stream under an upstream connection: a TCP socket or a tunnel stream.
+pub enum Transport {
+    Tcp(TcpStream),
+    Tunnel(Box<TunnelStream>),
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Transport::Tcp($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            Transport::Tunnel($s) => {
+                let $s = Pin::new($s.as_mut());
+                $e
+            }
+        }
+    };
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, s => s.poll_write(cx, buf))
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, s => s.poll_write_vectored(cx, bufs))
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Transport::Tcp(s) => s.is_write_vectored(),
+            Transport::Tunnel(s) => s.is_write_vectored(),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_flush(cx))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_shutdown(cx))
+    }
 }
 
 /// A connection to an upstream, plain or TLS.
 pub enum UpstreamStream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Plain(Transport),
+    Tls(Box<TlsStream<Transport>>),
 }
 
 impl Connection for UpstreamStream {
@@ -118,13 +182,47 @@ impl AsyncWrite for UpstreamStream {
 pub struct Connector {
     tls: TlsConnector,
     connect_timeout: Duration,
+    /// For `via` routes: the agents to reach the upstream through, and their group.
+    tunnel: Option<(AgentRegistry, Arc<str>)>,
 }
 
 impl Connector {
-    pub fn new(tls: Arc<rustls::ClientConfig>, connect_timeout: Duration) -> Self {
+    pub fn new(
+        tls: Arc<rustls::ClientConfig>,
+        connect_timeout: Duration,
+        tunnel: Option<(AgentRegistry, Arc<str>)>,
+    ) -> Self {
         Connector {
             tls: TlsConnector::from(tls),
             connect_timeout,
+            tunnel,
+        }
+    }
+
+    async fn open_transport(
+        &self,
+        host: &str,
+        port: u16,
+        authority: &str,
+    ) -> Result<Transport, ConnectError> {
+        match &self.tunnel {
+            None => {
+                let tcp = dial(host, port, authority).await?;
+                let _ = tcp.set_nodelay(true);
+                Ok(Transport::Tcp(tcp))
+            }
+            Some((registry, group)) => {
+                let target = if host.contains(':') {
+                    format!("[{host}]:{port}")
+                } else {
+                    format!("{host}:{port}")
+                };
+                // Pooled connections are shared by clients, so the stream header names no
+                // client; X-Forwarded-For carries the real one.
+                let unknown = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+                let stream = registry.open(group, &target, unknown).await?;
+                Ok(Transport::Tunnel(Box::new(stream)))
+            }
         }
     }
 
@@ -142,13 +240,12 @@ impl Connector {
             .map(|a| a.to_string())
             .unwrap_or_else(|| host.clone());
         let timeout = self.connect_timeout;
-        let tcp = tokio::time::timeout(timeout, dial(&host, port, &authority))
+        let tcp = tokio::time::timeout(timeout, self.open_transport(&host, port, &authority))
             .await
             .map_err(|_| ConnectError::Timeout {
                 authority: authority.clone(),
                 timeout,
             })??;
-        let _ = tcp.set_nodelay(true);
         if !https {
             return Ok(UpstreamStream::Plain(tcp));
         }

@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+use kakuremichi_tunnel::AgentRegistry;
 use std::time::Duration;
 
 use hyper_util::client::legacy::Client;
@@ -18,11 +20,18 @@ pub type HttpClient = Client<Connector, UpstreamBody>;
 pub struct ClientCache {
     verifying: Arc<rustls::ClientConfig>,
     unverified: Arc<rustls::ClientConfig>,
-    clients: Mutex<HashMap<(bool, Duration), HttpClient>>,
+    clients: Mutex<HashMap<ClientKey, HttpClient>>,
+    tunnel: Option<AgentRegistry>,
 }
 
+/// Clients differ by certificate checking, connect timeout and `via` group.
+type ClientKey = (bool, Duration, Option<Arc<str>>);
+
 impl ClientCache {
-    pub fn new(ca_roots: Option<&std::path::Path>) -> Result<Self, TlsSetupError> {
+    pub fn new(
+        ca_roots: Option<&std::path::Path>,
+        tunnel: Option<AgentRegistry>,
+    ) -> Result<Self, TlsSetupError> {
         // With no roots at all, https upstreams fail at connect time with an "unknown
         // issuer" error naming the upstream; plain http routes are unaffected.
         let verifying = tls::verifying(tls::root_store(ca_roots)?)?;
@@ -30,15 +39,28 @@ impl ClientCache {
             verifying,
             unverified: tls::unverified()?,
             clients: Mutex::new(HashMap::new()),
+            tunnel,
         })
     }
 
-    pub fn get(&self, tls_verify: bool, connect_timeout: Duration) -> HttpClient {
+    /// `via`: the agent group for tunneled routes. Without a tunnel listener such routes are
+    /// refused when the configuration is built, so `via` is only given with one.
+    pub fn get(
+        &self,
+        tls_verify: bool,
+        connect_timeout: Duration,
+        via: Option<&str>,
+    ) -> HttpClient {
         let mut map = match self.clients.lock() {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
-        map.entry((tls_verify, connect_timeout))
+        let via: Option<Arc<str>> = via.map(Arc::from);
+        let tunnel = match (&via, &self.tunnel) {
+            (Some(group), Some(registry)) => Some((registry.clone(), group.clone())),
+            _ => None,
+        };
+        map.entry((tls_verify, connect_timeout, via))
             .or_insert_with(|| {
                 let tls = if tls_verify {
                     self.verifying.clone()
@@ -52,7 +74,7 @@ impl ClientCache {
                     .pool_max_idle_per_host(1024)
                     .retry_canceled_requests(true)
                     .set_host(false)
-                    .build(Connector::new(tls, connect_timeout))
+                    .build(Connector::new(tls, connect_timeout, tunnel))
             })
             .clone()
     }
