@@ -56,14 +56,9 @@ fn settings(args: &AgentArgs) -> anyhow::Result<AgentSettings> {
                 .as_ref()
                 .map(|t| t.expose().to_string())
                 .unwrap_or_default(),
-            Some(s) if s.token_file.is_some() => read_token(
-                &base.join(
-                    s.token_file
-                        .as_ref()
-                        .map(PathBuf::as_path)
-                        .unwrap_or(Path::new("")),
-                ),
-            )?,
+            Some(s) if s.token_file.is_some() => {
+                read_token(&base.join(s.token_file.as_deref().unwrap_or(Path::new(""))))?
+            }
             _ => bail!(
                 "the agent needs its token: `token` or `token_file` in [agent], or --token / --token-file"
             ),
