@@ -57,6 +57,12 @@ pub struct ReloadHandle {
 }
 
 impl ReloadHandle {
+    /// Counts a reload refused before it reached the gateway (the file did not parse or
+    /// validate).
+    pub fn record_failure(&self) {
+        self.shared.metrics.config_reload_failures.inc();
+    }
+
     /// Builds the new state and swaps it in. On error the old configuration stays in force.
     pub fn reload(&self, config: &GatewayConfig) -> Result<(), GatewayError> {
         let result = Runtime::build(

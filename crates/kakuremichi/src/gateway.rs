@@ -58,9 +58,12 @@ async fn serve(args: &RoleArgs, config: kakuremichi_config::GatewayConfig) -> an
                         "reload refused, the previous configuration stays in force: {e}"
                     ),
                 },
-                Err(e) => tracing::error!(
-                    "reload refused, the previous configuration stays in force: {e}"
-                ),
+                Err(e) => {
+                    handle.record_failure();
+                    tracing::error!(
+                        "reload refused, the previous configuration stays in force: {e}"
+                    )
+                }
             }
         }
     });

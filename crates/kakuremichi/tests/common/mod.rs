@@ -16,7 +16,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,7 +32,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -253,7 +253,6 @@ impl GatewayBuilder {
                 admin: SocketAddr::from(([127, 0, 0, 1], admin)),
                 http_port: http,
                 admin_port: admin,
-                settings: self.settings.clone(),
                 dir: dir.clone(),
                 config: config.clone(),
                 logs: stdout,
@@ -280,7 +279,6 @@ pub struct Gateway {
     pub admin: SocketAddr,
     http_port: u16,
     admin_port: u16,
-    settings: String,
     pub dir: PathBuf,
     pub config: PathBuf,
     /// stdout: JSON log lines.
@@ -351,15 +349,6 @@ impl Gateway {
     pub fn rewrite(&self, settings: &str, rest: &str) {
         let text = config_text(self.http_port, self.admin_port, settings, rest);
         std::fs::write(&self.config, text).expect("rewrite gateway.toml");
-    }
-
-    /// Rewrites gateway.toml verbatim.
-    pub fn rewrite_raw(&self, text: &str) {
-        std::fs::write(&self.config, text).expect("rewrite gateway.toml");
-    }
-
-    pub fn settings(&self) -> &str {
-        &self.settings
     }
 
     /// Waits for the process to exit.
@@ -822,9 +811,6 @@ pub fn pattern(
     let mut i = 0u64;
     move || {
         if sent >= total {
-            if let Some(h) = hasher.take() {
-                *digest.lock().unwrap() = Some(hex(&h.finalize()));
-            }
             return None;
         }
         let n = (total - sent).min(chunk as u64) as usize;
@@ -836,8 +822,37 @@ pub fn pattern(
         if let Some(h) = hasher.as_mut() {
             h.update(&v);
         }
+        if sent >= total
+            && let Some(h) = hasher.take()
+        {
+            *digest.lock().unwrap() = Some(hex(&h.finalize()));
+        }
         Some(Bytes::from(v))
     }
+}
+
+/// A response body fed through a channel: each `send` becomes one chunk on the wire.
+pub struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.get_mut()
+            .0
+            .poll_recv(cx)
+            .map(|next| next.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// A sender and the streaming body it feeds; the body ends when the sender is dropped.
+pub fn channel_body() -> (tokio::sync::mpsc::Sender<Bytes>, OBody) {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    (tx, ChannelBody(rx).boxed())
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -1122,30 +1137,4 @@ pub async fn ws_connect(
     .expect("WebSocket handshake");
     assert_eq!(resp.status(), 101);
     ws
-}
-
-/// Copies `reader` to nowhere, counting and hashing.
-pub async fn drain_hash<R: AsyncRead + Unpin>(mut reader: R) -> (u64, String) {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 << 10];
-    let mut n = 0u64;
-    loop {
-        let k = reader.read(&mut buf).await.expect("read");
-        if k == 0 {
-            break;
-        }
-        n += k as u64;
-        hasher.update(&buf[..k]);
-    }
-    (n, hex(&hasher.finalize()))
-}
-
-/// Writes `data` to a stream in one go (helper for raw tests).
-pub async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) {
-    w.write_all(data).await.expect("write");
-}
-
-/// The config file path as the gateway prints it in messages.
-pub fn display(p: &Path) -> String {
-    p.display().to_string()
 }
