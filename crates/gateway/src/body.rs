@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use crate::access_log::AccessRecord;
 use crate::conn::ConnPhase;
 use crate::error::BoxError;
+use crate::upstream::select::InFlight;
 
 /// Raised by [`UpstreamBody`] when the client sends more than `max_body`.
 #[derive(Debug, thiserror::Error)]
@@ -131,16 +132,25 @@ pub struct ResponseBody {
     done: bool,
     record: Option<AccessRecord>,
     phase: Option<Arc<ConnPhase>>,
+    in_flight: Option<InFlight>,
 }
 
 impl ResponseBody {
-    pub fn upstream(body: Incoming, record: AccessRecord, phase: Arc<ConnPhase>) -> Self {
+    /// `in_flight` keeps the upstream counted as busy (for `least_requests`) until the
+    /// body is done.
+    pub fn upstream(
+        body: Incoming,
+        record: AccessRecord,
+        phase: Arc<ConnPhase>,
+        in_flight: InFlight,
+    ) -> Self {
         ResponseBody {
             inner: Inner::Upstream(body),
             sent: 0,
             done: false,
             record: Some(record),
             phase: Some(phase),
+            in_flight: Some(in_flight),
         }
     }
 
@@ -151,6 +161,7 @@ impl ResponseBody {
             done: false,
             record,
             phase,
+            in_flight: None,
         }
     }
 
@@ -162,6 +173,7 @@ impl ResponseBody {
         if let Some(phase) = self.phase.take() {
             phase.response_finished();
         }
+        self.in_flight = None;
     }
 }
 

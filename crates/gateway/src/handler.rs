@@ -626,7 +626,6 @@ async fn forward(
             }
         }
     };
-    drop(in_flight);
 
     let mut response = response;
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -667,7 +666,7 @@ async fn forward(
     let body = if switching {
         ResponseBody::full(Bytes::new(), Some(record), Some(ctx.conn.phase.clone()))
     } else {
-        ResponseBody::upstream(rbody, record, ctx.conn.phase.clone())
+        ResponseBody::upstream(rbody, record, ctx.conn.phase.clone(), in_flight)
     };
     Ok(Response::from_parts(rparts, body))
 }
