@@ -7,15 +7,21 @@ use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use kakuremichi_tls::LogBudget;
+use rustls::server::Acceptor;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::conn::{ConnHold, ConnInfo, ConnIo, ConnPhase};
 use crate::handler::{self, Shared};
+
+/// Lines about failed TLS handshakes: anyone can cause them, so only a few per minute are
+/// written (with a count of those left out).
+static HANDSHAKE_LOG: LogBudget = LogBudget::new(30, 60);
 
 /// One listening socket and what it speaks.
 pub struct Listener {
@@ -89,14 +95,44 @@ async fn serve_tls(
 ) {
     let peer = conn.peer;
     let handshake_timeout = shared.runtime.load().settings.header_timeout;
-    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+    // The client hello is read first so that a failure can be logged with the name the
+    // client asked for.
+    let mut sni: Option<String> = None;
+    let handshake = async {
+        let start = LazyConfigAcceptor::new(Acceptor::default(), stream).await?;
+        sni = start.client_hello().server_name().map(str::to_owned);
+        start.into_stream(acceptor.config().clone()).await
+    };
+    let result = tokio::time::timeout(handshake_timeout, handshake).await;
+    let tls = match result {
         Ok(Ok(tls)) => tls,
+        Ok(Err(e)) if sni.is_none() && e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            // Closed before a whole client hello: a port check, not a TLS client.
+            tracing::debug!(%peer, "connection closed before a TLS client hello");
+            return;
+        }
         Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            if let Some(suppressed) = HANDSHAKE_LOG.take() {
+                tracing::info!(
+                    %peer,
+                    sni = sni.as_deref().unwrap_or("-"),
+                    error = %e,
+                    suppressed,
+                    "TLS handshake failed"
+                );
+            }
             return;
         }
         Err(_) => {
-            tracing::debug!(%peer, "TLS handshake did not finish in time");
+            if let Some(suppressed) = HANDSHAKE_LOG.take() {
+                tracing::info!(
+                    %peer,
+                    sni = sni.as_deref().unwrap_or("-"),
+                    timeout_secs = handshake_timeout.as_secs_f64(),
+                    suppressed,
+                    "TLS handshake did not finish in time (header_timeout); connection closed"
+                );
+            }
             return;
         }
     };

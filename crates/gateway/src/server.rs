@@ -57,6 +57,15 @@ pub struct ReloadHandle {
 }
 
 impl ReloadHandle {
+    /// The state of every certificate (empty without `[tls]`).
+    pub fn certificates(&self) -> Vec<kakuremichi_tls::CertStatus> {
+        self.shared
+            .tls
+            .as_ref()
+            .map(|t| t.store.status())
+            .unwrap_or_default()
+    }
+
     /// Counts a reload refused before it reached the gateway (the file did not parse or
     /// validate).
     pub fn record_failure(&self) {

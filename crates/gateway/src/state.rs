@@ -18,8 +18,6 @@ use crate::upstream::select::UpstreamSet;
 /// Why a configuration cannot be served by this gateway.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("{file}: {what} is not supported by this version of the gateway yet; remove it")]
-    UnsupportedGateway { file: String, what: &'static str },
     #[error(transparent)]
     Policy(#[from] kakuremichi_policy::PolicyError),
     #[error(
@@ -53,18 +51,8 @@ impl Drop for Runtime {
     }
 }
 
-fn refuse_unsupported(config: &GatewayConfig) -> Result<(), BuildError> {
+fn check_runtime_needs(config: &GatewayConfig) -> Result<(), BuildError> {
     let file = config.file.display().to_string();
-    let gateway_level: [(&'static str, bool); 1] =
-        [("[control] (managed mode)", config.control.is_some())];
-    for (what, present) in gateway_level {
-        if present {
-            return Err(BuildError::UnsupportedGateway {
-                file: file.clone(),
-                what,
-            });
-        }
-    }
     for r in &config.routes {
         if r.via.is_some() && config.settings.tunnel.is_none() {
             return Err(BuildError::ViaWithoutTunnel {
@@ -84,7 +72,7 @@ impl Runtime {
         metrics: &Metrics,
         policy_env: &Arc<PolicyEnv>,
     ) -> Result<Arc<Runtime>, BuildError> {
-        refuse_unsupported(config)?;
+        check_runtime_needs(config)?;
         let background = CancellationToken::new();
         let mut builder = RouteTableBuilder::new();
         for route in &config.routes {

@@ -4,6 +4,7 @@
 mod agent;
 mod check;
 mod cli;
+mod control;
 mod demo;
 mod gateway;
 mod sample_app;
@@ -20,9 +21,6 @@ fn main() -> ExitCode {
         cli::Command::Gateway(args) => gateway::run(&args),
         cli::Command::Demo(args) => demo::run(&args),
         cli::Command::Agent(args) => agent::run(&args),
-        cli::Command::Control(_) => {
-            eprintln!("this role is not available in this version yet; see `kakuremichi --help`");
-            ExitCode::from(2)
-        }
+        cli::Command::Control(args) => control::run(&args),
     }
 }
