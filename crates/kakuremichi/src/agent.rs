@@ -25,6 +25,61 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
+/// How the agent learns its gateways.
+enum Plan {
+    /// From the file and flags.
+    Standalone(AgentSettings),
+    /// From control: its name and gateways (with their pins) are pushed.
+    Managed(crate::managed_agent::ManagedAgent),
+}
+
+/// A managed agent: the file has `[control]`, and neither the file nor the flags name
+/// gateways.
+fn plan(args: &AgentArgs) -> anyhow::Result<Plan> {
+    if let Some(path) = &args.config
+        && args.gateways.is_empty()
+    {
+        let file = kakuremichi_config::load_agent(path)?;
+        let has_gateways = file.agent.as_ref().is_some_and(|a| !a.gateways.is_empty());
+        if let (Some(control), false) = (&file.control, has_gateways) {
+            let base = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+            let token = match (&args.token, &args.token_file, &control.token, &control.token_file) {
+                (Some(t), _, _, _) => t.clone(),
+                (None, Some(f), _, _) => read_token(f)?,
+                (None, None, Some(t), _) => t.expose().to_string(),
+                (None, None, None, Some(f)) => read_token(&base.join(f))?,
+                _ => bail!("[control] needs `token` or `token_file` (the agt_... token from POST /api/v1/agents)"),
+            };
+            let section = file.agent.clone();
+            let allow_entries = if args.allow.is_empty() {
+                section.as_ref().map(|s| s.allow.clone()).unwrap_or_default()
+            } else {
+                args.allow.clone()
+            };
+            let allow = AllowList::parse(&allow_entries)
+                .map_err(|e| anyhow::anyhow!("invalid allow list: {e}"))?;
+            return Ok(Plan::Managed(crate::managed_agent::ManagedAgent {
+                url: control.url.clone(),
+                token,
+                allow,
+                transport: transport_mode(args.transport, section.as_ref().map(|s| s.transport)),
+            }));
+        }
+    }
+    settings(args).map(Plan::Standalone)
+}
+
+fn transport_mode(flag: Option<TransportArg>, file: Option<FileTransport>) -> TransportMode {
+    match (flag, file) {
+        (Some(TransportArg::Auto), _) => TransportMode::Auto,
+        (Some(TransportArg::Quic), _) => TransportMode::Quic,
+        (Some(TransportArg::Tcp), _) => TransportMode::Tcp,
+        (None, Some(FileTransport::Quic)) => TransportMode::Quic,
+        (None, Some(FileTransport::Tcp)) => TransportMode::Tcp,
+        (None, _) => TransportMode::Auto,
+    }
+}
+
 /// Builds the agent's settings from the file (if any) and the flags.
 fn settings(args: &AgentArgs) -> anyhow::Result<AgentSettings> {
     let file = match &args.config {
@@ -37,11 +92,6 @@ fn settings(args: &AgentArgs) -> anyhow::Result<AgentSettings> {
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from("."));
     let section = file.as_ref().and_then(|(f, _)| f.agent.clone());
-    if section.is_none() && file.as_ref().is_some_and(|(f, _)| f.control.is_some()) {
-        bail!(
-            "managed agents ([control] only) are not available in this version yet; give [agent] with name, token and gateways"
-        );
-    }
     let name = args
         .name
         .clone()
@@ -105,14 +155,7 @@ fn settings(args: &AgentArgs) -> anyhow::Result<AgentSettings> {
     };
     let allow =
         AllowList::parse(&allow_entries).map_err(|e| anyhow::anyhow!("invalid allow list: {e}"))?;
-    let transport = match (args.transport, section.as_ref().map(|s| s.transport)) {
-        (Some(TransportArg::Auto), _) => TransportMode::Auto,
-        (Some(TransportArg::Quic), _) => TransportMode::Quic,
-        (Some(TransportArg::Tcp), _) => TransportMode::Tcp,
-        (None, Some(FileTransport::Quic)) => TransportMode::Quic,
-        (None, Some(FileTransport::Tcp)) => TransportMode::Tcp,
-        (None, _) => TransportMode::Auto,
-    };
+    let transport = transport_mode(args.transport, section.as_ref().map(|s| s.transport));
     let mut settings = AgentSettings::new(name, AgentToken::new(token), gateways, verification);
     settings.allow = allow;
     settings.transport = transport;
@@ -121,8 +164,8 @@ fn settings(args: &AgentArgs) -> anyhow::Result<AgentSettings> {
 
 pub fn run(args: &AgentArgs) -> ExitCode {
     let _logs = args.log.init();
-    let settings = match settings(args) {
-        Ok(s) => s,
+    let plan = match plan(args) {
+        Ok(p) => p,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("kakuremichi agent: {e:#}");
@@ -143,7 +186,10 @@ pub fn run(args: &AgentArgs) -> ExitCode {
         let shutdown = CancellationToken::new();
         let _reloads =
             signals::install(shutdown.clone()).context("cannot install signal handlers")?;
-        kakuremichi_agent::run(settings, shutdown).await?;
+        match plan {
+            Plan::Standalone(settings) => kakuremichi_agent::run(settings, shutdown).await?,
+            Plan::Managed(managed) => managed.run(shutdown).await?,
+        }
         anyhow::Ok(())
     });
     match result {

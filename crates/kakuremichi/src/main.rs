@@ -7,6 +7,7 @@ mod cli;
 mod control;
 mod demo;
 mod gateway;
+mod managed_agent;
 mod sample_app;
 mod signals;
 
