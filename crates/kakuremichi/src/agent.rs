@@ -42,17 +42,30 @@ fn plan(args: &AgentArgs) -> anyhow::Result<Plan> {
         let file = kakuremichi_config::load_agent(path)?;
         let has_gateways = file.agent.as_ref().is_some_and(|a| !a.gateways.is_empty());
         if let (Some(control), false) = (&file.control, has_gateways) {
-            let base = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-            let token = match (&args.token, &args.token_file, &control.token, &control.token_file) {
+            let base = path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("."));
+            let token = match (
+                &args.token,
+                &args.token_file,
+                &control.token,
+                &control.token_file,
+            ) {
                 (Some(t), _, _, _) => t.clone(),
                 (None, Some(f), _, _) => read_token(f)?,
                 (None, None, Some(t), _) => t.expose().to_string(),
                 (None, None, None, Some(f)) => read_token(&base.join(f))?,
-                _ => bail!("[control] needs `token` or `token_file` (the agt_... token from POST /api/v1/agents)"),
+                _ => bail!(
+                    "[control] needs `token` or `token_file` (the agt_... token from POST /api/v1/agents)"
+                ),
             };
             let section = file.agent.clone();
             let allow_entries = if args.allow.is_empty() {
-                section.as_ref().map(|s| s.allow.clone()).unwrap_or_default()
+                section
+                    .as_ref()
+                    .map(|s| s.allow.clone())
+                    .unwrap_or_default()
             } else {
                 args.allow.clone()
             };

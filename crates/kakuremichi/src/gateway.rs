@@ -83,18 +83,13 @@ fn write_snapshot(path: &Path, snapshot: &Snapshot) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
-pub fn run(args: &RoleArgs) -> ExitCode {
-    let _logs = args.log.init();
-    let local = match kakuremichi_config::load_gateway(&args.config) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
+/// Reads the file (and, when managed, the saved snapshot) into the first configuration.
+fn load_source(
+    file: &Path,
+) -> Result<(Arc<Source>, GatewayConfig), kakuremichi_config::ConfigError> {
+    let local = kakuremichi_config::load_gateway(file)?;
     let source = Arc::new(Source {
-        file: args.config.clone(),
+        file: file.to_path_buf(),
         snapshot: Mutex::new(None),
     });
     if local.control.is_some() {
@@ -119,6 +114,19 @@ pub fn run(args: &RoleArgs) -> ExitCode {
             local
         }
     };
+    Ok((source, config))
+}
+
+pub fn run(args: &RoleArgs) -> ExitCode {
+    let _logs = args.log.init();
+    let (source, config) = match load_source(&args.config) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -129,7 +137,13 @@ pub fn run(args: &RoleArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(source, config)) {
+    let result = runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let reloads =
+            signals::install(shutdown.clone()).context("cannot install signal handlers")?;
+        serve(source, config, shutdown, Some(reloads)).await
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -137,6 +151,12 @@ pub fn run(args: &RoleArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs a gateway from `file` until `shutdown` (used by `demo`, which owns the signals).
+pub async fn run_file(file: &Path, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let (source, config) = load_source(file)?;
+    serve(source, config, shutdown, None).await
 }
 
 fn apply(source: &Source, handle: &ReloadHandle, why: &str) -> bool {
@@ -159,13 +179,15 @@ fn apply(source: &Source, handle: &ReloadHandle, why: &str) -> bool {
     }
 }
 
-async fn serve(source: Arc<Source>, config: GatewayConfig) -> anyhow::Result<()> {
+async fn serve(
+    source: Arc<Source>,
+    config: GatewayConfig,
+    shutdown: CancellationToken,
+    reloads: Option<tokio::sync::mpsc::Receiver<()>>,
+) -> anyhow::Result<()> {
     let gateway = Gateway::bind(&config).await?;
-    let shutdown = CancellationToken::new();
-    let mut reloads =
-        signals::install(shutdown.clone()).context("cannot install signal handlers")?;
     let handle = gateway.reload_handle();
-    {
+    if let Some(mut reloads) = reloads {
         let source = source.clone();
         let handle = handle.clone();
         tokio::spawn(async move {

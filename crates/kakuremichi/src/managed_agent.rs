@@ -71,8 +71,11 @@ impl ManagedAgent {
                 }
             });
         }
-        let options = FollowOptions::new(self.url.clone(), kakuremichi_config::Secret::new(self.token.clone()))
-            .with_status(status_rx);
+        let options = FollowOptions::new(
+            self.url.clone(),
+            kakuremichi_config::Secret::new(self.token.clone()),
+        )
+        .with_status(status_rx);
         let this = Arc::new(self);
         let stop_all = shutdown.clone();
         let follow_running = running.clone();
@@ -140,7 +143,9 @@ impl ManagedAgent {
                         }
                     });
                 }
-                Err(e) => tracing::error!(gateway = %gateway.name, "cannot start the connection: {e}"),
+                Err(e) => {
+                    tracing::error!(gateway = %gateway.name, "cannot start the connection: {e}")
+                }
             }
         }
         tracing::info!(
