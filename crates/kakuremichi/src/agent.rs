@@ -28,7 +28,7 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
 /// How the agent learns its gateways.
 enum Plan {
     /// From the file and flags.
-    Standalone(AgentSettings),
+    Standalone(Box<AgentSettings>),
     /// From control: its name and gateways (with their pins) are pushed.
     Managed(crate::managed_agent::ManagedAgent),
 }
@@ -79,7 +79,7 @@ fn plan(args: &AgentArgs) -> anyhow::Result<Plan> {
             }));
         }
     }
-    settings(args).map(Plan::Standalone)
+    settings(args).map(|s| Plan::Standalone(Box::new(s)))
 }
 
 fn transport_mode(flag: Option<TransportArg>, file: Option<FileTransport>) -> TransportMode {
@@ -200,7 +200,7 @@ pub fn run(args: &AgentArgs) -> ExitCode {
         let _reloads =
             signals::install(shutdown.clone()).context("cannot install signal handlers")?;
         match plan {
-            Plan::Standalone(settings) => kakuremichi_agent::run(settings, shutdown).await?,
+            Plan::Standalone(settings) => kakuremichi_agent::run(*settings, shutdown).await?,
             Plan::Managed(managed) => managed.run(shutdown).await?,
         }
         anyhow::Ok(())
