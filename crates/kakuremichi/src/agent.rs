@@ -13,7 +13,7 @@ use kakuremichi_config::agent::TransportMode as FileTransport;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{AgentArgs, TransportArg};
-use crate::signals;
+use crate::{runtime, signals};
 
 fn read_token(path: &Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(path)
@@ -179,23 +179,9 @@ pub fn run(args: &AgentArgs) -> ExitCode {
     let _logs = args.log.init();
     let plan = match plan(args) {
         Ok(p) => p,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("kakuremichi agent: {e:#}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return runtime::config_error("agent", e),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
+    runtime::block_on("agent", async move {
         let shutdown = CancellationToken::new();
         let _reloads =
             signals::install(shutdown.clone()).context("cannot install signal handlers")?;
@@ -203,14 +189,6 @@ pub fn run(args: &AgentArgs) -> ExitCode {
             Plan::Standalone(settings) => kakuremichi_agent::run(*settings, shutdown).await?,
             Plan::Managed(managed) => managed.run(shutdown).await?,
         }
-        anyhow::Ok(())
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("kakuremichi agent: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+        Ok(())
+    })
 }

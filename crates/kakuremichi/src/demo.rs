@@ -18,27 +18,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::DemoArgs;
 use crate::managed_agent::ManagedAgent;
-use crate::{gateway, sample_app, signals};
+use crate::{gateway, runtime, sample_app, signals};
 
 pub fn run(args: &DemoArgs) -> ExitCode {
     let _logs = args.log.init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(demo(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("kakuremichi demo: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    runtime::block_on("demo", demo(args))
 }
 
 /// One JSON call to the control API.
@@ -156,16 +140,12 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     );
     std::fs::write(&gateway_file, gateway_text)
         .with_context(|| format!("cannot write {}", gateway_file.display()))?;
-    let http_port = if args.port == 0 {
-        None
-    } else {
-        Some(args.port)
-    };
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     {
         let stop = shutdown.clone();
         let file = gateway_file.clone();
         tokio::spawn(async move {
-            if let Err(e) = gateway::run_file(&file, stop.clone()).await {
+            if let Err(e) = gateway::run_file(&file, stop.clone(), bound_tx).await {
                 eprintln!(
                     "kakuremichi demo: the gateway stopped: {e:#}; pass --port 0 to pick a free port"
                 );
@@ -173,6 +153,12 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
             }
         });
     }
+    // With --port 0 the kernel picks the port: print the one the gateway got.
+    let Some(gateway_http) = bound_rx.await.ok().and_then(|addrs| addrs.http) else {
+        shutdown.cancel();
+        remove_dir(&dir);
+        bail!("the demo gateway did not start");
+    };
     let managed = ManagedAgent {
         url: format!("http://{control_addr}"),
         token: field(&agent, "token")?,
@@ -188,10 +174,7 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         });
     }
 
-    let gateway_url = match http_port {
-        Some(p) => format!("http://127.0.0.1:{p}"),
-        None => "(see the gateway's log line `gateway ready`)".to_string(),
-    };
+    let gateway_url = format!("http://{gateway_http}");
     println!();
     println!("kakuremichi demo is running (Ctrl-C to stop)");
     println!("  web UI:            http://{control_addr}/   admin token: {admin_token}");

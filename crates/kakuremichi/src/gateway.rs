@@ -11,12 +11,12 @@ use anyhow::Context;
 use kakuremichi_config::GatewayConfig;
 use kakuremichi_control::client::{FollowOptions, connect_and_follow};
 use kakuremichi_control::protocol::{CertificateStatus, Snapshot, StatusReport};
-use kakuremichi_gateway::{Gateway, ReloadHandle};
-use tokio::sync::watch;
+use kakuremichi_gateway::{BoundAddrs, Gateway, ReloadHandle};
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::RoleArgs;
-use crate::signals;
+use crate::{runtime, signals};
 
 /// Where the configuration comes from: the file, plus control's last snapshot when managed.
 struct Source {
@@ -121,42 +121,26 @@ pub fn run(args: &RoleArgs) -> ExitCode {
     let _logs = args.log.init();
     let (source, config) = match load_source(&args.config) {
         Ok(pair) => pair,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return runtime::config_error("gateway", e),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
+    runtime::block_on("gateway", async move {
         let shutdown = CancellationToken::new();
         let reloads =
             signals::install(shutdown.clone()).context("cannot install signal handlers")?;
-        serve(source, config, shutdown, Some(reloads)).await
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("kakuremichi gateway: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+        serve(source, config, shutdown, Some(reloads), None).await
+    })
 }
 
 /// Runs a gateway from `file` until `shutdown` (used by `demo`, which owns the signals).
-pub async fn run_file(file: &Path, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// The addresses it listens on go to `bound` as soon as its listeners are up (so that a
+/// port 0 in the file can be reported); `bound` is dropped unsent if it cannot start.
+pub async fn run_file(
+    file: &Path,
+    shutdown: CancellationToken,
+    bound: oneshot::Sender<BoundAddrs>,
+) -> anyhow::Result<()> {
     let (source, config) = load_source(file)?;
-    serve(source, config, shutdown, None).await
+    serve(source, config, shutdown, None, Some(bound)).await
 }
 
 fn apply(source: &Source, handle: &ReloadHandle, why: &str) -> bool {
@@ -184,8 +168,12 @@ async fn serve(
     config: GatewayConfig,
     shutdown: CancellationToken,
     reloads: Option<tokio::sync::mpsc::Receiver<()>>,
+    bound: Option<oneshot::Sender<BoundAddrs>>,
 ) -> anyhow::Result<()> {
     let gateway = Gateway::bind(&config).await?;
+    if let Some(bound) = bound {
+        let _ = bound.send(gateway.addrs());
+    }
     let handle = gateway.reload_handle();
     if let Some(mut reloads) = reloads {
         let source = source.clone();

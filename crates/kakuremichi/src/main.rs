@@ -8,6 +8,7 @@ mod control;
 mod demo;
 mod gateway;
 mod managed_agent;
+mod runtime;
 mod sample_app;
 mod signals;
 
