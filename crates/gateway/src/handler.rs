@@ -339,9 +339,10 @@ async fn route_request(
     let path = path.into_owned();
     let (route, prefix) = match ctx.rt.table.lookup(&ctx.host, &path, &ctx.method) {
         Lookup::Found { value, prefix } => (value.clone(), prefix.to_string()),
-        Lookup::MethodNotAllowed { allow } => {
-            return ctx.error_response(ProxyError::MethodNotAllowed(allow), None, None);
-        }
+        Lookup::MethodNotAllowed { allow } => match preflight_route(ctx, req.headers(), &path) {
+            Some(found) => found,
+            None => return ctx.error_response(ProxyError::MethodNotAllowed(allow), None, None),
+        },
         Lookup::NotFound => return ctx.error_response(ProxyError::NoRoute, None, None),
     };
     let name = Some(&route);
@@ -392,6 +393,29 @@ async fn route_request(
         outcome.apply_to_response(response.headers_mut());
     }
     response
+}
+
+/// A CORS preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) to a path
+/// whose routes do not list OPTIONS in `methods` goes to the route the actual request would
+/// take, when that route answers CORS; its policies answer the preflight.
+fn preflight_route(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    path: &str,
+) -> Option<(Arc<RouteRuntime>, String)> {
+    if ctx.method != Method::OPTIONS || !headers.contains_key(header::ORIGIN) {
+        return None;
+    }
+    let requested = headers.get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
+    let requested = Method::from_bytes(requested.as_bytes()).ok()?;
+    match ctx.rt.table.lookup(&ctx.host, path, &requested) {
+        Lookup::Found { value, prefix }
+            if value.policies.as_ref().is_some_and(|p| p.has_cors()) =>
+        {
+            Some((value.clone(), prefix.to_string()))
+        }
+        _ => None,
+    }
 }
 
 /// 308 to the same host, path and query on https.

@@ -147,17 +147,27 @@ fn apply(source: &Source, handle: &ReloadHandle, why: &str) -> bool {
     match source.load() {
         Ok(config) => match handle.reload(&config) {
             Ok(()) => {
-                tracing::info!(routes = config.routes.len(), "{why}: configuration applied");
+                tracing::info!(
+                    trigger = why,
+                    routes = config.routes.len(),
+                    "configuration reloaded"
+                );
                 true
             }
             Err(e) => {
-                tracing::error!("{why}: refused, the previous configuration stays in force: {e}");
+                tracing::error!(
+                    trigger = why,
+                    "reload refused, the previous configuration stays in force: {e}"
+                );
                 false
             }
         },
         Err(e) => {
             handle.record_failure();
-            tracing::error!("{why}: refused, the previous configuration stays in force: {e:#}");
+            tracing::error!(
+                trigger = why,
+                "reload refused, the previous configuration stays in force: {e:#}"
+            );
             false
         }
     }
@@ -334,7 +344,7 @@ mod tests {
     #[test]
     fn rfc3339_dates() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::rfc3339(1_795_000_000), "2026-11-18T07:46:40Z");
+        assert_eq!(super::rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
         assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
     }
 }

@@ -1,7 +1,6 @@
 //! A managed agent: follows control for its name and gateways (address and pin each), runs
 //! one connection per gateway, and reports which gateways it reaches.
 
-use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,12 +21,30 @@ pub struct ManagedAgent {
     pub transport: TransportMode,
 }
 
-/// The connections running for the current snapshot.
+/// One gateway's connection.
+struct Link {
+    /// The gateway's name in control (reported back in `connected_gateways`).
+    name: String,
+    address: String,
+    pin: String,
+    stop: CancellationToken,
+    stats: AgentStats,
+}
+
+/// The connections running for the current snapshot: one per gateway, keyed by address and
+/// pin, so that a change to the list of gateways starts and stops only the connections it
+/// concerns and the others keep their tunnels.
 struct Running {
     name: String,
-    gateways: Vec<GatewayEntry>,
-    stop: CancellationToken,
-    stats: Vec<(String, AgentStats)>,
+    links: Vec<Link>,
+}
+
+impl Running {
+    fn stop_all(&mut self) {
+        for link in self.links.drain(..) {
+            link.stop.cancel();
+        }
+    }
 }
 
 impl ManagedAgent {
@@ -51,10 +68,10 @@ impl ManagedAgent {
                         .ok()
                         .and_then(|r| {
                             r.as_ref().map(|r| {
-                                r.stats
+                                r.links
                                     .iter()
-                                    .filter(|(_, s)| s.snapshot().gateways_connected > 0)
-                                    .map(|(name, _)| name.clone())
+                                    .filter(|l| l.stats.snapshot().gateways_connected > 0)
+                                    .map(|l| l.name.clone())
                                     .collect()
                             })
                         })
@@ -79,15 +96,16 @@ impl ManagedAgent {
         let this = Arc::new(self);
         let stop_all = shutdown.clone();
         let follow_running = running.clone();
-        connect_and_follow(options, shutdown, move |snapshot: Snapshot| {
+        let result = connect_and_follow(options, shutdown, move |snapshot: Snapshot| {
             this.apply(&snapshot, &follow_running, &stop_all, &status_tx);
         })
-        .await?;
+        .await;
         if let Ok(mut r) = running.lock()
-            && let Some(r) = r.take()
+            && let Some(r) = r.as_mut()
         {
-            r.stop.cancel();
+            r.stop_all();
         }
+        result?;
         Ok(())
     }
 
@@ -99,31 +117,51 @@ impl ManagedAgent {
         status: &watch::Sender<StatusReport>,
     ) {
         let Ok(mut slot) = running.lock() else { return };
-        if let Some(current) = slot.as_ref()
-            && current.name == snapshot.name
-            && current.gateways == snapshot.gateways
+        // A new name is a new identity on every gateway: all connections start over.
+        if let Some(current) = slot.as_mut()
+            && current.name != snapshot.name
         {
-            return;
+            current.stop_all();
+            *slot = None;
         }
-        if let Some(previous) = slot.take() {
-            previous.stop.cancel();
-        }
-        let stop = shutdown.child_token();
-        let mut stats = Vec::new();
-        let mut by_address = BTreeMap::new();
+        let current = slot.get_or_insert_with(|| Running {
+            name: snapshot.name.clone(),
+            links: Vec::new(),
+        });
+        let mut wanted: Vec<(&GatewayEntry, SpkiPin, &str)> = Vec::new();
         for gateway in &snapshot.gateways {
-            let Some(pin) = gateway.pin.as_deref() else {
+            let Some(text) = gateway.pin.as_deref() else {
                 tracing::info!(gateway = %gateway.name, "waiting for the gateway to report its tunnel pin to control");
                 continue;
             };
-            let pin = match SpkiPin::from_str(pin) {
-                Ok(p) => p,
+            match SpkiPin::from_str(text) {
+                Ok(pin) => wanted.push((gateway, pin, text)),
                 Err(e) => {
-                    tracing::warn!(gateway = %gateway.name, error = %e, "control sent an invalid pin; skipping this gateway");
-                    continue;
+                    tracing::warn!(gateway = %gateway.name, error = %e, "control sent an invalid pin; skipping this gateway")
                 }
-            };
-            by_address.insert(gateway.address.clone(), ());
+            }
+        }
+        // Gateways that left the list (or changed address or pin) are disconnected.
+        current.links.retain(|link| {
+            let keep = wanted
+                .iter()
+                .any(|(g, _, pin)| g.address == link.address && *pin == link.pin);
+            if !keep {
+                tracing::info!(gateway = %link.name, address = %link.address, "the gateway is no longer in control's list: disconnecting");
+                link.stop.cancel();
+            }
+            keep
+        });
+        let mut started = 0usize;
+        for (gateway, pin, pin_text) in wanted {
+            if let Some(link) = current
+                .links
+                .iter_mut()
+                .find(|l| l.address == gateway.address && l.pin == pin_text)
+            {
+                link.name = gateway.name.clone();
+                continue;
+            }
             let mut settings = AgentSettings::new(
                 snapshot.name.clone(),
                 AgentToken::new(self.token.clone()),
@@ -134,8 +172,15 @@ impl ManagedAgent {
             settings.transport = self.transport;
             match Agent::new(settings) {
                 Ok(agent) => {
-                    stats.push((gateway.name.clone(), agent.stats()));
-                    let stop = stop.clone();
+                    let stop = shutdown.child_token();
+                    current.links.push(Link {
+                        name: gateway.name.clone(),
+                        address: gateway.address.clone(),
+                        pin: pin_text.to_string(),
+                        stop: stop.clone(),
+                        stats: agent.stats(),
+                    });
+                    started += 1;
                     let name = gateway.name.clone();
                     tokio::spawn(async move {
                         if let Err(e) = agent.run(stop).await {
@@ -150,16 +195,11 @@ impl ManagedAgent {
         }
         tracing::info!(
             name = %snapshot.name,
-            gateways = by_address.len(),
+            gateways = current.links.len(),
+            started,
             version = snapshot.version,
-            "following control: connecting to every gateway"
+            "following control: a connection to every gateway it lists"
         );
         status.send_modify(|s| s.config_version = Some(snapshot.version));
-        *slot = Some(Running {
-            name: snapshot.name.clone(),
-            gateways: snapshot.gateways.clone(),
-            stop,
-            stats,
-        });
     }
 }

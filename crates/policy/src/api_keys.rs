@@ -195,9 +195,9 @@ impl ApiKeys {
     }
 
     /// Finds the key of a request, removes the key header, and sets `x-api-key-name`
-    /// (dropping any client-sent one first).
+    /// (dropping any client-sent one first, `x_api_key_name` included).
     pub fn authenticate(&self, headers: &mut HeaderMap) -> Result<&ApiKey, ApiKeyError> {
-        headers.remove(&API_KEY_NAME_HEADER);
+        crate::decision::remove_with_aliases(headers, &API_KEY_NAME_HEADER);
         let presented = {
             let mut values = headers.get_all(&self.header).iter();
             match (values.next(), values.next()) {

@@ -106,8 +106,57 @@ fn apply_headers(from: &HeaderMap, to: &mut HeaderMap) {
     }
 }
 
+/// Removes `name` and every header spelled like it with `_` for `-` (`x_user_sub` for
+/// `x-user-sub`). CGI-style servers (PHP, WSGI, Rack) map both spellings to one variable
+/// (`HTTP_X_USER_SUB`), so a client could otherwise pose as an identity the gateway sets.
+pub(crate) fn remove_with_aliases(headers: &mut HeaderMap, name: &HeaderName) {
+    headers.remove(name);
+    let wanted = name.as_str().as_bytes();
+    let aliases: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            let k = k.as_str().as_bytes();
+            k.len() == wanted.len()
+                && k.contains(&b'_')
+                && k.iter()
+                    .zip(wanted)
+                    .all(|(a, b)| a == b || (matches!(a, b'_' | b'-') && matches!(b, b'_' | b'-')))
+        })
+        .cloned()
+        .collect();
+    for alias in aliases {
+        headers.remove(alias);
+    }
+}
+
 /// Whole seconds, rounded up (`Retry-After: 0` would invite an immediate retry).
 pub(crate) fn ceil_secs(d: Duration) -> u64 {
     let s = d.as_secs();
     if d.subsec_nanos() > 0 { s + 1 } else { s }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aliases_with_underscores_are_removed() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x-user-sub",
+            "x_user_sub",
+            "x_user-sub",
+            "x-user-subs",
+            "x-other",
+        ] {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("v"),
+            );
+        }
+        remove_with_aliases(&mut h, &HeaderName::from_static("x-user-sub"));
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
+        left.sort();
+        assert_eq!(left, ["x-other", "x-user-subs"]);
+    }
 }

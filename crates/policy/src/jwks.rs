@@ -285,14 +285,27 @@ impl JwksCache {
         }
     }
 
-    /// The keys a token with this `kid` and algorithm may be checked against. Refreshes the
-    /// set in the background when it is past its lifetime, and in the foreground when the
-    /// `kid` is unknown (subject to the refresh interval).
+    /// The generation of the current key set (a new one after every successful fetch), or
+    /// `None` before the first. Like [`JwksCache::candidates`], starts a background refresh
+    /// when the set is past its lifetime, so that callers that skip `candidates` (tokens
+    /// found in a verified-token cache) still let retired keys expire.
+    pub fn generation(self: &Arc<Self>) -> Option<u64> {
+        let set = self.snapshot()?;
+        if Instant::now() >= set.expires_at {
+            self.refresh_in_background();
+        }
+        Some(set.generation)
+    }
+
+    /// The keys a token with this `kid` and algorithm may be checked against, with the
+    /// generation of the set they come from. Refreshes the set in the background when it is
+    /// past its lifetime, and in the foreground when the `kid` is unknown (subject to the
+    /// refresh interval).
     pub async fn candidates(
         self: &Arc<Self>,
         kid: Option<&str>,
         alg: Algorithm,
-    ) -> Result<Vec<Arc<Jwk>>, JwtError> {
+    ) -> Result<(Vec<Arc<Jwk>>, u64), JwtError> {
         let snapshot = self.snapshot();
         let seen = snapshot.as_ref().map(|s| s.generation);
         if let Some(set) = &snapshot {
@@ -300,7 +313,7 @@ impl JwksCache {
                 self.refresh_in_background();
             }
             match set.candidates(kid, alg) {
-                Candidates::Found(keys) => return Ok(keys),
+                Candidates::Found(keys) => return Ok((keys, set.generation)),
                 Candidates::WrongType => return Err(JwtError::KeyMismatch),
                 Candidates::NotFound => {}
             }
@@ -309,7 +322,7 @@ impl JwksCache {
         match self.snapshot() {
             None => Err(JwtError::KeysUnavailable),
             Some(set) => match set.candidates(kid, alg) {
-                Candidates::Found(keys) => Ok(keys),
+                Candidates::Found(keys) => Ok((keys, set.generation)),
                 Candidates::WrongType => Err(JwtError::KeyMismatch),
                 Candidates::NotFound => Err(JwtError::UnknownKey),
             },

@@ -118,6 +118,11 @@ impl RoutePolicies {
             && self.rate_limit.is_none()
     }
 
+    /// True when the route answers CORS preflights (`[routes.cors]`).
+    pub fn has_cors(&self) -> bool {
+        self.cors.is_some()
+    }
+
     /// Fetches the route's JWKS now if no route fetched it yet, so that the first request
     /// does not wait for it. Optional; failures are logged and retried on demand.
     pub async fn warm(&self) {

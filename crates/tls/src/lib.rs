@@ -32,9 +32,11 @@ mod der;
 pub mod dns;
 mod error;
 mod http_client;
+mod log_budget;
 mod store;
 
 pub use acme::{AcmeManager, AcmeSettings, Challenge, DnsSettings, LETS_ENCRYPT_DIRECTORY};
 pub use error::TlsError;
 pub use http_client::HttpError;
+pub use log_budget::LogBudget;
 pub use store::{ACME_TLS_ALPN, CertSource, CertStatus, CertStore, StaticCert};

@@ -18,6 +18,11 @@ use rustls::sign::CertifiedKey;
 
 use crate::certs::{self, Loaded, load_files, parent, unix_now};
 use crate::error::TlsError;
+use crate::log_budget::LogBudget;
+
+/// Lines about client hellos answered with the default certificate: clients choose the
+/// names, so only a few are written per minute.
+static SNI_LOG: LogBudget = LogBudget::new(20, 60);
 
 /// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737). A connection that negotiated it
 /// carries no HTTP: close it right after the handshake.
@@ -219,9 +224,26 @@ impl CertStore {
                     return Some(c.key.clone());
                 }
             }
-            tracing::debug!(sni = %name, "no certificate for this server name; serving the default");
+            if let Some(default) = &statics.default {
+                if let Some(suppressed) = SNI_LOG.take() {
+                    tracing::info!(
+                        sni = %name,
+                        suppressed,
+                        "no certificate names this server name (SNI); serving the default certificate"
+                    );
+                }
+                return Some(default.key.clone());
+            }
+            return None;
         }
-        statics.default.as_ref().map(|c| c.key.clone())
+        let default = statics.default.as_ref()?;
+        if let Some(suppressed) = SNI_LOG.take() {
+            tracing::info!(
+                suppressed,
+                "client hello without a server name (SNI); serving the default certificate"
+            );
+        }
+        Some(default.key.clone())
     }
 
     // ---- used by the ACME manager ----

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -141,6 +141,55 @@ pub(crate) struct AgentLink {
     token: TokenHash,
     link: Link,
     pub(crate) open_streams: AtomicUsize,
+    /// QUIC: the earliest send the agent has not shown a sign of life for yet, with the
+    /// datagrams received from it by then.
+    awaiting: Mutex<Option<(Instant, u64)>>,
+}
+
+/// How often [`AgentLink::watch`] looks at a QUIC connection.
+const WATCH_EVERY: Duration = Duration::from_millis(100);
+
+impl AgentLink {
+    /// Notes that bytes were just sent to the agent over QUIC (a no-op for TCP).
+    pub(crate) fn sent(&self) {
+        let Link::Quic(conn) = &self.link else {
+            return;
+        };
+        let mut awaiting = self.awaiting.lock().unwrap_or_else(|e| e.into_inner());
+        let rx = conn.stats().udp_rx.datagrams;
+        // Something arrived since the earlier send: that one is answered, this one waits.
+        if awaiting.is_none_or(|(_, rx_then)| rx_then != rx) {
+            *awaiting = Some((Instant::now(), rx));
+        }
+    }
+
+    /// Completes when the agent seems gone: bytes were sent to it over QUIC and nothing at
+    /// all came back within a grace period (a live agent acknowledges within about one round
+    /// trip, however busy its upstream is). So a killed agent is noticed within a second
+    /// rather than at the idle timeout, and requests on pooled connections through it fail
+    /// over at once. Never completes for TCP, whose dead peers reset the connection or miss
+    /// pings.
+    pub(crate) async fn watch(&self) {
+        let Link::Quic(conn) = &self.link else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(WATCH_EVERY).await;
+            let mut awaiting = self.awaiting.lock().unwrap_or_else(|e| e.into_inner());
+            let Some((since, rx_then)) = *awaiting else {
+                continue;
+            };
+            // Every send recorded since `rx_then` came before this datagram arrived.
+            if conn.stats().udp_rx.datagrams != rx_then {
+                *awaiting = None;
+                continue;
+            }
+            let grace = (conn.rtt() * 3 + Duration::from_millis(100)).max(MIN_GRACE);
+            if since.elapsed() > grace {
+                return;
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -393,6 +442,7 @@ impl AgentRegistry {
             token,
             link,
             open_streams: AtomicUsize::new(0),
+            awaiting: Mutex::new(None),
         });
         let mut groups = self.inner.groups.write().unwrap_or_else(|e| e.into_inner());
         let group = groups.entry(name).or_default();

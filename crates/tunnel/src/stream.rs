@@ -120,11 +120,14 @@ impl AsyncWrite for TunnelStream {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = result {
+        if let Poll::Ready(Ok(n)) = result
+            && n > 0
+        {
             this.slot
                 .stats
                 .bytes_to_agents
                 .fetch_add(n as u64, Ordering::Relaxed);
+            this.slot.link.sent();
         }
         result
     }

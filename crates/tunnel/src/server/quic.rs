@@ -111,6 +111,10 @@ async fn serve(incoming: quinn::Incoming, registry: AgentRegistry, shutdown: Can
             conn.close(CLOSE_NORMAL.into(), b"gateway shutting down");
             "gateway shutting down".to_string()
         }
+        () = link.watch() => {
+            conn.close(CLOSE_NORMAL.into(), b"no answer");
+            "the agent stopped answering (nothing came back for what was sent to it)".to_string()
+        }
     };
     registry.remove(&link, &why);
 }
