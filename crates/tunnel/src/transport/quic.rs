@@ -31,34 +31,7 @@ fn transport(limits: &Limits, incoming_bidi: u32) -> Result<TransportConfig, Tls
             IdleTimeout::try_from(limits.idle_timeout)
                 .map_err(|e| TlsSetupError::Quic(e.to_string()))?,
         ));
-    if std::env::var("KAKU_QUIC_FAIR").as_deref() == Ok("0") {
-        t.send_fairness(false);
-    }
-    if let Ok(n) = std::env::var("KAKU_QUIC_ACKFREQ") {
-        let mut a = quinn::AckFrequencyConfig::default();
-        a.ack_eliciting_threshold(VarInt::from_u32(n.parse().unwrap()));
-        t.ack_frequency_config(Some(a));
-    }
-    if let Ok(n) = std::env::var("KAKU_QUIC_MTU") {
-        let mut m = quinn::MtuDiscoveryConfig::default();
-        m.upper_bound(n.parse().unwrap());
-        t.mtu_discovery_config(Some(m));
-    }
     Ok(t)
-}
-
-pub(crate) fn tune_socket(socket: &UdpSocket) {
-    if let Ok(n) = std::env::var("KAKU_QUIC_BUF") {
-        let n: usize = n.parse().unwrap();
-        let state = quinn::udp::UdpSocketState::new(socket.into()).unwrap();
-        let _ = state.set_recv_buffer_size(socket.into(), n);
-        let _ = state.set_send_buffer_size(socket.into(), n);
-        eprintln!(
-            "buffers {:?} {:?}",
-            state.recv_buffer_size(socket.into()),
-            state.send_buffer_size(socket.into())
-        );
-    }
 }
 
 /// The gateway's endpoint. Agents may open one stream (the hello); the gateway opens the rest.
@@ -71,7 +44,6 @@ pub(crate) fn server_endpoint(
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| TlsSetupError::Quic(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport(limits, 1)?));
-    tune_socket(&socket);
     let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, identity.reset_seed());
     // Connection IDs are checked with a key derived from the identity too: a restarted
     // gateway must recognise the IDs its previous run handed out, or it drops the agents'
@@ -116,7 +88,6 @@ pub(crate) fn client_endpoint(gateway: SocketAddr) -> io::Result<quinn::Endpoint
     let socket = UdpSocket::bind(local)?;
     #[cfg(target_os = "linux")]
     socket.connect(gateway)?;
-    tune_socket(&socket);
     quinn::Endpoint::new(
         EndpointConfig::default(),
         None,
