@@ -323,17 +323,26 @@ duration_secs() { # wrk duration (10, 10s, 2m, 1h) → seconds
         if (u == "m") n *= 60; else if (u == "h") n *= 3600; print n }'
 }
 
-# run_wrk ROUTE DURATION → "rps p99_ms p50_ms errors proxy_cpu_busy% load_cpu_busy%"
+gateway_ticks() { # utime + stime of the gateway process (all its threads), in clock ticks
+    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$KAKU_PID/stat"
+}
+
+# run_wrk ROUTE DURATION
+#   → "rps p99_ms p50_ms errors proxy_cpu_busy% load_cpu_busy% gateway_cpu_us_per_request"
+# The last figure (the gateway's own user + system CPU time per request) hardly depends on
+# what else runs on the machine; req/s does.
 run_wrk() {
-    local c=$1 dur=$2 out before after o1 o2 try limit
+    local c=$1 dur=$2 out before after o1 o2 try limit g1 g2
     limit=$(awk -v s="$(duration_secs "$dur")" -v hz="$CLK_TCK" -v m="$OTHERS_MAX" \
         'BEGIN { printf "%d", s * hz * m / 100 }')
     for try in $(seq 0 "$RETRIES"); do
         wait_quiet
         o1=$(others_ticks)
         before=$(cpu_sample)
+        g1=$(gateway_ticks)
         out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$dur" --latency \
             -H "$AUTH" -s "$TMP/report.lua" "$BASE/$c/small" 2>&1) || die "wrk failed: $out"
+        g2=$(gateway_ticks)
         after=$(cpu_sample)
         o2=$(others_ticks)
         (( o2 - o1 <= limit )) && break
@@ -344,11 +353,12 @@ run_wrk() {
             log "other processes used $((o2 - o1)) CPU ticks during /$c; repeating it"
         fi
     done
-    awk -v b="$before" -v a="$after" '/^RESULT/ {
+    awk -v b="$before" -v a="$after" -v g="$((g2 - g1))" -v hz="$CLK_TCK" '/^RESULT/ {
         split(b, x, " "); split(a, y, " ")
         secs = $5
-        printf "%.1f %.3f %.3f %d %.0f %.0f\n", $2 / secs, $6 / 1000, $7 / 1000, $3,
-            100 * (y[1] - x[1]) / (y[2] - x[2]), 100 * (y[3] - x[3]) / (y[4] - x[4])
+        printf "%.1f %.3f %.3f %d %.0f %.0f %.1f\n", $2 / secs, $6 / 1000, $7 / 1000, $3,
+            100 * (y[1] - x[1]) / (y[2] - x[2]), 100 * (y[3] - x[3]) / (y[4] - x[4]),
+            1e6 * g / hz / ($2 > 0 ? $2 : 1)
     }' <<<"$out"
 }
 
@@ -364,8 +374,8 @@ for c in "${CANDIDATES[@]}"; do
     run_wrk "$c" "$WARMUP" >/dev/null
 done
 
-printf '\n%-6s %-6s %10s %8s %8s %7s %9s %9s\n' \
-    round route "req/s" "p50 ms" "p99 ms" errors "proxyCPU" "loadCPU"
+printf '\n%-6s %-6s %10s %8s %8s %7s %9s %9s %9s\n' \
+    round route "req/s" "p50 ms" "p99 ms" errors "proxyCPU" "loadCPU" "gw us/req"
 for round in $(seq 1 "$ROUNDS"); do
     case $(( (round - 1) % 3 )) in
         0) order=(open jwt rl) ;;
@@ -374,10 +384,10 @@ for round in $(seq 1 "$ROUNDS"); do
     esac
     for c in "${order[@]}"; do
         line=$(run_wrk "$c" "$DURATION")
-        read -r rps p99 p50 errors pcpu lcpu <<<"$line"
-        printf '%-6s %-6s %10s %8s %8s %7s %8s%% %8s%%\n' \
-            "$round" "$c" "$rps" "$p50" "$p99" "$errors" "$pcpu" "$lcpu"
-        echo "$c $rps $p99 $p50 $errors $pcpu $lcpu" >>"$RESULTS"
+        read -r rps p99 p50 errors pcpu lcpu cost <<<"$line"
+        printf '%-6s %-6s %10s %8s %8s %7s %8s%% %8s%% %9s\n' \
+            "$round" "$c" "$rps" "$p50" "$p99" "$errors" "$pcpu" "$lcpu" "$cost"
+        echo "$c $rps $p99 $p50 $errors $pcpu $lcpu $cost" >>"$RESULTS"
     done
 done
 
@@ -393,8 +403,10 @@ hwm=$(awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$KAKU_PID/status")
 echo
 echo "kakuremichi route policies: median of $ROUNDS rounds, wrk -t1 -c$CONNECTIONS -d$DURATION" \
     "with a bearer token on every request, gateway on CPU $PROXY_CPU, origin + wrk on CPU $LOAD_CPU"
-printf '%-34s %10s %8s %8s %10s\n' route "req/s" "p50 ms" "p99 ms" "vs open"
+printf '%-34s %10s %8s %8s %8s %10s %10s\n' route "req/s" "vs open" "p50 ms" "p99 ms" \
+    "gw us/req" "open/this"
 open_rps=$(field open 2)
+open_cost=$(field open 8)
 for c in "${CANDIDATES[@]}"; do
     case $c in
         open) label="open (no policy)" ;;
@@ -402,9 +414,12 @@ for c in "${CANDIDATES[@]}"; do
         rl) label="rate_limit (memory GCRA, by ip)" ;;
     esac
     rps=$(field "$c" 2)
-    printf '%-34s %10s %8s %8s %10s\n' "$label" "$rps" "$(field "$c" 4)" "$(field "$c" 3)" \
-        "$(ratio "$rps" "$open_rps")"
+    cost=$(field "$c" 8)
+    printf '%-34s %10s %8s %8s %8s %10s %10s\n' "$label" "$rps" "$(ratio "$rps" "$open_rps")" \
+        "$(field "$c" 4)" "$(field "$c" 3)" "$cost" "$(ratio "$open_cost" "$cost")"
 done
+echo "(gw us/req: the gateway's user + system CPU time per request; open/this: the ratio of"
+echo " those costs, the throughput ratio to expect when the gateway's CPU is the bottleneck.)"
 echo "(wrk errors incl. non-2xx over all runs: $errors_total; runs on a busy machine: $noisy;" \
     "JWKS fetches: $JWKS_FETCHES_BEFORE before the runs, $JWKS_FETCHES_AFTER after; gateway peak RSS $hwm MiB.)"
 

@@ -2,20 +2,24 @@
 # TLS benchmark: kakuremichi against nginx (Debian package) terminating HTTPS with the same
 # certificate (ECDSA P-256, made by this script) and proxying to the same origin.
 #
-# Two measurements, both against nginx and kakuremichi:
+# Two measurements, both against nginx and kakuremichi (plus a plain-HTTP reference):
 #   handshakes  full TLS handshakes per second, no resumption: h2load --h1 opens HS_CONNS
 #               connections at once, each does a full handshake (TLS 1.3, X25519, ECDSA
 #               P-256) and one GET /small, then closes; no client ever offers a session to
 #               resume. A sample is HS_BATCHES such runs: handshakes done / seconds taken.
 #   keep-alive  HTTPS requests per second on kept-alive connections: wrk -t1 -c CONNECTIONS
 #               for DURATION on GET /small (13 bytes) over TLS 1.3.
+#   plain       the same wrk run over plain HTTP to the same proxies (kakuremichi with
+#               redirect_https = false), to tell the cost of TLS from that of proxying.
 # The origin is nginx serving a static file. Both proxies are pinned to the same CPU
 # (PROXY_CPU, default 1) with one worker (nginx: worker_processes 1; kakuremichi: its runtime
 # sees one CPU); the origin and the load generators share the other (LOAD_CPU, default 0).
 # Candidates are interleaved: each round measures nginx and kakuremichi back to back (the
 # order alternates between rounds) after a warm-up. Medians of the rounds and the ratios
 # kakuremichi / nginx are printed, with how busy each CPU was (to see which side was the
-# bottleneck). Both proxies write an access log to a file.
+# bottleneck). With two CPUs the handshake test is usually bound by the load generator's
+# CPU (h2load does its half of every handshake there), so handshakes per second of busy
+# proxy CPU are printed too. Both proxies write an access log to a file.
 #
 # Usage: bench/tls.sh
 # Environment:
@@ -115,7 +119,8 @@ USED_PORTS=" "
 free_port() {
     local p
     while :; do
-        p=$(( 20000 + RANDOM % 30000 ))
+        # Below the ephemeral range (32768-), so that no outgoing connection holds it.
+        p=$(( 20000 + RANDOM % 12000 ))
         [[ $USED_PORTS == *" $p "* ]] && continue
         port_in_use "$p" && continue
         USED_PORTS+="$p "
@@ -135,6 +140,7 @@ wait_port() {
 
 ORIGIN_PORT=$(free_port)
 NGINX_PORT=$(free_port)
+NGINX_PLAIN=$(free_port)
 KAKU_PORT=$(free_port)
 KAKU_HTTP=$(free_port)
 KAKU_ADMIN=$(free_port)
@@ -208,6 +214,7 @@ $(nginx_temp_paths "$TMP/nginx")
     }
     server {
         listen 127.0.0.1:$NGINX_PORT ssl http2 backlog=4096;
+        listen 127.0.0.1:$NGINX_PLAIN backlog=4096;
         server_name $NAME;
         ssl_certificate $TMP/site.pem;
         ssl_certificate_key $TMP/site.key;
@@ -230,6 +237,7 @@ http = "127.0.0.1:$KAKU_HTTP"
 https = "127.0.0.1:$KAKU_PORT"
 admin = "127.0.0.1:$KAKU_ADMIN"
 state_dir = "state"
+redirect_https = false
 
 [tls]
 certificates = [{ cert = "$TMP/site.pem", key = "$TMP/site.key" }]
@@ -263,7 +271,10 @@ PIDS+=("$KAKU_PID")
 
 wait_port "$ORIGIN_PORT" "$ORIGIN_PID"
 wait_port "$NGINX_PORT" "$NGINX_PID"
-wait_port "$KAKU_PORT" "$KAKU_PID"
+if ! (wait_port "$KAKU_PORT" "$KAKU_PID"); then
+    tail -n 5 "$TMP/kakuremichi/stderr.log" "$TMP/kakuremichi/access.log" >&2 || true
+    die "kakuremichi did not start"
+fi
 
 nginx_worker() {
     local w
@@ -274,9 +285,11 @@ nginx_worker() {
 }
 NGINX_WORKER=$(nginx_worker)
 
-declare -A PORT_OF
+declare -A PORT_OF PLAIN_OF
 PORT_OF[nginx]=$NGINX_PORT
 PORT_OF[kakuremichi]=$KAKU_PORT
+PLAIN_OF[nginx]=$NGINX_PLAIN
+PLAIN_OF[kakuremichi]=$KAKU_HTTP
 CANDIDATES=(nginx kakuremichi)
 
 # Both must answer correctly, verified against the certificate, over HTTP/1.1 and HTTP/2.
@@ -287,8 +300,11 @@ for c in "${CANDIDATES[@]}"; do
             "https://$NAME:$p/small") || die "$c: GET /small ($v) failed"
         [[ $body == "Hello, world!" ]] || die "$c: /small answered '$body'"
     done
+    body=$(curl -fsS "http://127.0.0.1:${PLAIN_OF[$c]}/small") || die "$c: plain GET /small failed"
+    [[ $body == "Hello, world!" ]] || die "$c: plain /small answered '$body'"
     tls=$(openssl s_client -connect "127.0.0.1:$p" -servername "$NAME" -alpn http/1.1 \
-        </dev/null 2>/dev/null | awk '/^New, / { printf "%s %s ", $2, $5 } /Server Temp Key/ { sub(/.*: /, ""); printf "%s", $0 }')
+        </dev/null 2>/dev/null | awk '/^New, / { v = $2 " " $5 } /Server Temp Key/ { sub(/.*: /, ""); k = $0 }
+            END { print v ", key exchange " k }')
     log "$c: $tls"
 done
 grep -q '"target":"kakuremichi::access"' "$TMP/kakuremichi/access.log" ||
@@ -359,13 +375,14 @@ run_handshakes() {
         "$total_failed" "$(cpu_busy "$before" "$after")"
 }
 
-# run_wrk CANDIDATE DURATION → "rps p99_ms errors proxy_cpu% load_cpu%"
+# run_wrk CANDIDATE DURATION [plain] → "rps p99_ms errors proxy_cpu% load_cpu%"
 run_wrk() {
-    local c=$1 dur=$2 out before after
+    local c=$1 dur=$2 out before after url="https://127.0.0.1:${PORT_OF[$1]}/small"
+    if [[ ${3:-} == plain ]]; then url="http://127.0.0.1:${PLAIN_OF[$1]}/small"; fi
     wait_quiet
     before=$(cpu_sample)
     out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$dur" --latency \
-        -s "$TMP/report.lua" "https://127.0.0.1:${PORT_OF[$c]}/small" 2>&1) || die "wrk failed: $out"
+        -s "$TMP/report.lua" "$url" 2>&1) || die "wrk failed: $out"
     after=$(cpu_sample)
     awk -v busy="$(cpu_busy "$before" "$after")" '/^RESULT/ {
         printf "%.1f %.3f %d %s\n", $2 / $4, $5 / 1000, $3, busy }' <<<"$out"
@@ -382,6 +399,7 @@ log "warm-up"
 for c in "${CANDIDATES[@]}"; do
     run_handshakes "$c" 1 >/dev/null
     run_wrk "$c" "$WARMUP" >/dev/null
+    run_wrk "$c" "$WARMUP" plain >/dev/null
 done
 
 printf '\n%-6s %-11s %-12s %12s %8s %7s %9s %9s\n' \
@@ -400,12 +418,18 @@ for round in $(seq 1 "$ROUNDS"); do
             "$round" keep-alive "$c" "$rps" "$p99" "$errors" "$pcpu" "$lcpu"
         echo "keepalive $c $rps $p99 $errors $pcpu $lcpu" >>"$RESULTS"
     done
+    for c in "${order[@]}"; do
+        read -r rps p99 errors pcpu lcpu <<<"$(run_wrk "$c" "$DURATION" plain)"
+        printf '%-6s %-11s %-12s %12s %8s %7s %8s%% %8s%%\n' \
+            "$round" plain "$c" "$rps" "$p99" "$errors" "$pcpu" "$lcpu"
+        echo "plain $c $rps $p99 $errors $pcpu $lcpu" >>"$RESULTS"
+    done
 done
 
 field() { # field TEST CANDIDATE COLUMN → median over rounds
     awk -v t="$1" -v c="$2" -v k="$3" '$1 == t && $2 == c { print $k }' "$RESULTS" | median
 }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 > 0) printf "%.2f", a / b; else print "n/a" }'; }
 row() { printf '%-34s %12s %12s %8s\n' "$1" "$2" "$3" "$(ratio "$3" "$2")"; }
 errors_total=$(awk '{ n += $5 } END { print n + 0 }' "$RESULTS")
 
@@ -413,6 +437,12 @@ HS_N=$(field handshakes nginx 3)
 HS_K=$(field handshakes kakuremichi 3)
 KA_N=$(field keepalive nginx 3)
 KA_K=$(field keepalive kakuremichi 3)
+PL_N=$(field plain nginx 3)
+PL_K=$(field plain kakuremichi 3)
+per_cpu() { # handshakes/s per busy proxy CPU, from the per-sample figures
+    awk -v c="$1" '$1 == "handshakes" && $2 == c && $6 > 0 { print $3 * 100 / $6 }' "$RESULTS" | median |
+        awk '{ printf "%.1f", $1 }'
+}
 
 echo
 echo "kakuremichi vs nginx over TLS 1.3 (ECDSA P-256, X25519): median of $ROUNDS rounds," \
@@ -421,13 +451,17 @@ printf '%-34s %12s %12s %8s\n' "" nginx kakuremichi "k / n"
 row "full handshakes/s (h2load, c=$HS_CONNS)" "$HS_N" "$HS_K"
 row "  proxy CPU busy (%)" "$(field handshakes nginx 6)" "$(field handshakes kakuremichi 6)"
 row "  load CPU busy (%)" "$(field handshakes nginx 7)" "$(field handshakes kakuremichi 7)"
+row "  per busy proxy CPU (/s)" "$(per_cpu nginx)" "$(per_cpu kakuremichi)"
 row "kept-alive req/s (wrk, c=$CONNECTIONS)" "$KA_N" "$KA_K"
 row "  p99 latency (ms)" "$(field keepalive nginx 4)" "$(field keepalive kakuremichi 4)"
 row "  proxy CPU busy (%)" "$(field keepalive nginx 6)" "$(field keepalive kakuremichi 6)"
 row "  load CPU busy (%)" "$(field keepalive nginx 7)" "$(field keepalive kakuremichi 7)"
+row "plain HTTP req/s (reference)" "$PL_N" "$PL_K"
+row "  proxy CPU busy (%)" "$(field plain nginx 6)" "$(field plain kakuremichi 6)"
+row "HTTPS / plain req/s" "$(ratio "$KA_N" "$PL_N")" "$(ratio "$KA_K" "$PL_K")"
 echo "(failed requests/errors over all runs: $errors_total; samples started on a busy machine: $NOISY_RUNS.)"
 
 echo
-verdict() { awk -v a="$1" -v b="$2" 'BEGIN { print (a >= b) ? "met" : "NOT met" }'; }
+verdict() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 <= 0) print "n/a"; else print (a >= b) ? "met" : "NOT met" }'; }
 echo "goal: full handshakes/s >= 1.0x nginx: $(verdict "$HS_K" "$HS_N") ($(ratio "$HS_K" "$HS_N")x)"
 echo "goal: kept-alive HTTPS req/s >= 1.0x nginx: $(verdict "$KA_K" "$KA_N") ($(ratio "$KA_K" "$KA_N")x)"
