@@ -18,6 +18,23 @@ pub(crate) const CLOSE_NORMAL: u32 = 0;
 pub(crate) const CLOSE_REFUSED: u32 = 1;
 pub(crate) const CLOSE_PROTOCOL: u32 = 2;
 
+/// Requested size of the UDP socket buffers, each way.
+const UDP_BUFFER: usize = 4 * 1024 * 1024;
+
+/// Asks for larger UDP buffers than the usual 208 KiB default (the kernel caps the request at
+/// net.core.rmem_max / wmem_max): at a few hundred MB/s, a gateway or agent that loses the CPU
+/// for a moment otherwise has datagrams dropped by the kernel, which QUIC takes for
+/// congestion.
+fn size_buffers(socket: &UdpSocket) {
+    match quinn::udp::UdpSocketState::new(socket.into()) {
+        Ok(state) => {
+            let _ = state.set_recv_buffer_size(socket.into(), UDP_BUFFER);
+            let _ = state.set_send_buffer_size(socket.into(), UDP_BUFFER);
+        }
+        Err(e) => tracing::debug!("cannot size the UDP buffers: {e}"),
+    }
+}
+
 fn transport(limits: &Limits, incoming_bidi: u32) -> Result<TransportConfig, TlsSetupError> {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(incoming_bidi))
@@ -44,6 +61,7 @@ pub(crate) fn server_endpoint(
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| TlsSetupError::Quic(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport(limits, 1)?));
+    size_buffers(&socket);
     let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, identity.reset_seed());
     // Connection IDs are checked with a key derived from the identity too: a restarted
     // gateway must recognise the IDs its previous run handed out, or it drops the agents'
@@ -88,6 +106,7 @@ pub(crate) fn client_endpoint(gateway: SocketAddr) -> io::Result<quinn::Endpoint
     let socket = UdpSocket::bind(local)?;
     #[cfg(target_os = "linux")]
     socket.connect(gateway)?;
+    size_buffers(&socket);
     quinn::Endpoint::new(
         EndpointConfig::default(),
         None,
