@@ -616,6 +616,13 @@ async fn agent_restart(kill: bool) {
         "the route served {serving:?} after the new agent started\ngateway log:\n{}",
         gw.gw.logs.text()
     );
+    // /metrics counts the reconnect: two connections so far, one up.
+    gw.wait_agents(1).await;
+    assert_eq!(
+        gw.metric("kakuremichi_tunnel_agent_connections", &[("agent", AGENT)])
+            .await,
+        2.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
