@@ -492,7 +492,7 @@ field() { # field SIZE CANDIDATE COLUMN → median over rounds
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 hwm_mib() { awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "?"; }
 errors_total=$(awk '{ n += $7 } END { print n + 0 }' "$RESULTS")
-noisy=$(wc -l <"$TMP/noisy" 2>/dev/null || echo 0)
+noisy=$( { wc -l <"$TMP/noisy"; } 2>/dev/null || echo 0)
 
 echo
 echo "median of $ROUNDS rounds, wrk -t1 -c$CONNECTIONS -d$DURATION; every candidate's proxy" \

@@ -38,7 +38,44 @@ impl AccessRecord {
     pub fn finish(self, bytes_out: u64, completed: bool) {
         let route = self.route.as_deref().unwrap_or("-");
         let bytes_in = self.bytes_in.load(Ordering::Relaxed);
-        let duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        let elapsed = self.start.elapsed();
+        let written = kakuremichi_telemetry::access_line(|line| {
+            line.str("request_id", self.request_id.to_str().unwrap_or("-"))
+                .display("client_ip", self.client_ip)
+                .str("method", self.method.as_str())
+                .str("host", &self.host)
+                .str("path", &self.path)
+                .str("route", route)
+                .str("upstream", self.upstream.as_deref().unwrap_or("-"))
+                .u64("status", self.status.into())
+                .u64("bytes_in", bytes_in)
+                .u64("bytes_out", bytes_out)
+                .millis(
+                    "duration_ms",
+                    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+                )
+                .str("error", self.error.unwrap_or(""))
+                .str("api_key", self.api_key.as_deref().unwrap_or(""))
+                .str("subject", self.subject.as_deref().unwrap_or(""))
+                .bool("completed", completed);
+        });
+        if !written {
+            self.log_through_tracing(route, bytes_in, bytes_out, elapsed, completed);
+        }
+        self.metrics
+            .record(self.status, self.head_seconds, bytes_in, bytes_out);
+    }
+
+    /// The same line as an ordinary `tracing` event (text logs, tests' own subscribers).
+    fn log_through_tracing(
+        &self,
+        route: &str,
+        bytes_in: u64,
+        bytes_out: u64,
+        elapsed: std::time::Duration,
+        completed: bool,
+    ) {
+        let duration_ms = elapsed.as_secs_f64() * 1000.0;
         tracing::info!(
             target: ACCESS_TARGET,
             request_id = self.request_id.to_str().unwrap_or("-"),
@@ -57,7 +94,5 @@ impl AccessRecord {
             subject = self.subject.as_deref().unwrap_or(""),
             completed,
         );
-        self.metrics
-            .record(self.status, self.head_seconds, bytes_in, bytes_out);
     }
 }

@@ -1,10 +1,19 @@
 //! Logging set-up shared by every role: JSON lines (the default, for production) or
-//! human-readable text, written by a background thread so that request handling never
-//! blocks on stdout. Access-log lines use the target [`ACCESS_TARGET`].
+//! human-readable text, written in batches by a background thread so that request handling
+//! does not wait for stdout. Access-log lines use the target [`ACCESS_TARGET`].
 #![forbid(unsafe_code)]
 
-use tracing_appender::non_blocking::WorkerGuard;
+mod batch;
+mod json_line;
+
+use std::sync::OnceLock;
+
 use tracing_subscriber::EnvFilter;
+
+pub use json_line::JsonLine;
+
+/// The writer of hand-made JSON lines, set by [`init`] in JSON format only.
+static JSON_LINES: OnceLock<batch::BatchWriter> = OnceLock::new();
 
 /// `tracing` target of the one-line-per-request access log.
 pub const ACCESS_TARGET: &str = "kakuremichi::access";
@@ -17,16 +26,16 @@ pub enum LogFormat {
 }
 
 /// Keeps the background writer alive; drop it last so buffered lines are flushed.
-pub struct LogGuard(#[allow(dead_code)] WorkerGuard);
+pub struct LogGuard(#[allow(dead_code)] batch::BatchGuard);
 
 /// Installs the global subscriber. `default_level` applies when `RUST_LOG` is not set.
 pub fn init(format: LogFormat, default_level: &str) -> LogGuard {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(64 * 1024)
-        .finish(std::io::stdout());
+    let (writer, guard) = batch::start();
+    if format == LogFormat::Json {
+        let _ = JSON_LINES.set(writer.clone());
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
@@ -43,4 +52,18 @@ pub fn init(format: LogFormat, default_level: &str) -> LogGuard {
         eprintln!("logging was already set up: {e}");
     }
     LogGuard(guard)
+}
+
+/// Writes one access-log line (level INFO, target [`ACCESS_TARGET`]) with `fields`, in the
+/// shape the JSON formatter gives every other line, when that target is enabled. Returns
+/// `false` when logging is not JSON lines set up by [`init`] (text format, or a test's own
+/// subscriber): the caller logs through `tracing` instead.
+pub fn access_line(fields: impl FnOnce(&mut JsonLine)) -> bool {
+    let Some(writer) = JSON_LINES.get() else {
+        return false;
+    };
+    if tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) {
+        json_line::write_info(writer, ACCESS_TARGET, fields);
+    }
+    true
 }

@@ -30,7 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::client::TlsStream;
 
-use crate::common::{BIN, OBody, eventually, metric};
+use crate::common::{BIN, eventually, metric};
 
 /// How long one wait may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -708,8 +708,6 @@ pub fn json(body: &Bytes) -> Value {
     serde_json::from_slice(body)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
 }
-
-pub type OriginBody = OBody;
 
 // ---------------------------------------------------------------------------------------
 // Pebble

@@ -17,6 +17,8 @@ pub(crate) struct Rate {
     pub burst: u64,
     /// Time one request "costs": `per / requests`, at least 1 ns.
     pub interval_ns: u64,
+    /// `RateLimit-Policy`, made once (it goes on every response of the route).
+    policy: HeaderValue,
 }
 
 impl Rate {
@@ -34,11 +36,14 @@ impl Rate {
         let interval_ns = u64::try_from(per.as_nanos() / u128::from(requests))
             .unwrap_or(u64::MAX)
             .max(1);
+        let policy = format!("{requests};w={}", ceil_secs(per).max(1));
         Ok(Rate {
             requests,
             per,
             burst,
             interval_ns,
+            policy: HeaderValue::from_str(&policy)
+                .unwrap_or_else(|_| HeaderValue::from_static("0")),
         })
     }
 
@@ -49,8 +54,7 @@ impl Rate {
 
     /// `RateLimit-Policy`: `requests;w=seconds` (IETF draft syntax).
     pub fn policy_header(&self) -> HeaderValue {
-        let text = format!("{};w={}", self.requests, ceil_secs(self.per).max(1));
-        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
+        self.policy.clone()
     }
 }
 

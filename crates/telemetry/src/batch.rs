@@ -1,0 +1,216 @@
+//! The background log writer. Formatted lines are appended to one shared buffer and a
+//! thread writes them to stdout in batches: at most every [`LINGER`], sooner once
+//! [`FLUSH_AT`] bytes wait. Under load that is one `write` per batch instead of one per
+//! line, and the request path never wakes the writer thread per line (a wake-up and a
+//! context switch per access-log line cost a busy gateway more than formatting the line).
+//!
+//! Nothing is dropped: when [`MAX_PENDING`] bytes wait (stdout is blocked), loggers wait
+//! for room, as a blocking writer would make them.
+
+use std::io::{self, Write};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tracing_subscriber::fmt::MakeWriter;
+
+/// How long the first line of a batch may wait for more lines.
+const LINGER: Duration = Duration::from_millis(20);
+/// Bytes that make the writer thread start a batch at once.
+const FLUSH_AT: usize = 256 * 1024;
+/// Bytes that may wait at most; loggers block beyond this.
+const MAX_PENDING: usize = 8 * 1024 * 1024;
+/// A spare buffer that grew beyond this (stdout was blocked for a while) is not kept.
+const KEEP_CAPACITY: usize = 1024 * 1024;
+
+struct State {
+    pending: Vec<u8>,
+    closed: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// The writer thread waits here for lines, or for close.
+    lines: Condvar,
+    /// Loggers wait here for room.
+    room: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A logger that panicked mid-append leaves whole lines or a cut one; keep logging.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The `MakeWriter` handed to `tracing_subscriber`; every event is one `write` call.
+#[derive(Clone)]
+pub(crate) struct BatchWriter {
+    shared: Arc<Shared>,
+}
+
+/// Stops the writer thread after writing every waiting line.
+pub(crate) struct BatchGuard {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Starts the writer thread. Without a thread (the system refused one) lines are written
+/// directly by the logging thread.
+pub(crate) fn start() -> (BatchWriter, BatchGuard) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            pending: Vec::with_capacity(64 * 1024),
+            closed: false,
+        }),
+        lines: Condvar::new(),
+        room: Condvar::new(),
+    });
+    let worker = shared.clone();
+    let thread = std::thread::Builder::new()
+        .name("log-writer".into())
+        .spawn(move || write_batches(&worker))
+        .map_err(|e| eprintln!("cannot start the log writer thread ({e}); writing logs directly"))
+        .ok();
+    if thread.is_none() {
+        shared.lock().closed = true;
+    }
+    (
+        BatchWriter {
+            shared: shared.clone(),
+        },
+        BatchGuard { shared, thread },
+    )
+}
+
+fn write_batches(shared: &Shared) {
+    let mut spare = Vec::with_capacity(64 * 1024);
+    loop {
+        let mut state = shared.lock();
+        while state.pending.is_empty() && !state.closed {
+            state = shared
+                .lines
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        if state.pending.is_empty() {
+            return; // closed, and everything written
+        }
+        if !state.closed && state.pending.len() < FLUSH_AT {
+            state = shared
+                .lines
+                .wait_timeout(state, LINGER)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        std::mem::swap(&mut state.pending, &mut spare);
+        drop(state);
+        shared.room.notify_all();
+        write_out(&spare);
+        spare.clear();
+        if spare.capacity() > KEEP_CAPACITY {
+            spare = Vec::with_capacity(64 * 1024);
+        }
+    }
+}
+
+/// Writes to stdout; a closed or failing stdout loses the lines (there is nowhere to say so).
+fn write_out(bytes: &[u8]) {
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(bytes);
+    let _ = out.flush();
+}
+
+impl Write for BatchWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut state = self.shared.lock();
+        while state.pending.len() >= MAX_PENDING && !state.closed {
+            state = self
+                .shared
+                .room
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        if state.closed {
+            drop(state);
+            write_out(buf);
+            return Ok(buf.len());
+        }
+        let was_empty = state.pending.is_empty();
+        let before = state.pending.len();
+        state.pending.extend_from_slice(buf);
+        let crossed = before < FLUSH_AT && state.pending.len() >= FLUSH_AT;
+        drop(state);
+        // The writer thread sleeps untimed only on an empty buffer, and lingers on a small
+        // one: only these two changes need to wake it.
+        if was_empty || crossed {
+            self.shared.lines.notify_one();
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for BatchWriter {
+    type Writer = BatchWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl Drop for BatchGuard {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.lines.notify_one();
+        self.shared.room.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(writer: &BatchWriter) -> usize {
+        writer.shared.lock().pending.len()
+    }
+
+    #[test]
+    fn lines_are_written_in_order_and_all_of_them_by_the_guard() {
+        let (writer, guard) = start();
+        let mut w = writer.make_writer();
+        for i in 0..1000 {
+            w.write_all(format!("line {i}\n").as_bytes()).unwrap();
+        }
+        drop(guard);
+        assert_eq!(pending(&writer), 0, "the guard leaves nothing unwritten");
+    }
+
+    #[test]
+    fn a_waiting_line_is_written_within_the_linger_time() {
+        let (writer, _guard) = start();
+        writer.make_writer().write_all(b"one line\n").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while pending(&writer) > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the line was not written"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn after_close_lines_are_written_directly() {
+        let (writer, guard) = start();
+        drop(guard);
+        writer.make_writer().write_all(b"late line\n").unwrap();
+        assert_eq!(pending(&writer), 0);
+    }
+}
