@@ -258,6 +258,11 @@ for c in "${CANDIDATES[@]}"; do
     size=$(curl -fsS -o /dev/null -w '%{size_download}' "${URL[$c]}/large") || die "$c: GET /large failed"
     [[ $size == 1048576 ]] || die "$c: /large answered $size bytes"
 done
+# Log lines are written in batches (within 20 ms): give the first one a moment.
+for _ in {1..50}; do
+    grep -q '"target":"kakuremichi::access"' "$TMP/kakuremichi/access.log" && break
+    sleep 0.1
+done
 grep -q '"target":"kakuremichi::access"' "$TMP/kakuremichi/access.log" ||
     die "kakuremichi wrote no access-log line (see $TMP/kakuremichi/access.log)"
 [[ -s $TMP/nginx/access.log ]] || die "nginx wrote no access-log line"
@@ -409,7 +414,7 @@ for c in "${CANDIDATES[@]}"; do
     M[$c.large.cpu]=$(field large "$c" 8)
     M[$c.large.lcpu]=$(field large "$c" 9)
 done
-NOISY_RUNS=$(cat "$TMP/noisy" 2>/dev/null | wc -l)
+NOISY_RUNS=$( { wc -l <"$TMP/noisy"; } 2>/dev/null || echo 0)
 errors_total=$(awk '{ n += $7 } END { print n + 0 }' "$RESULTS")
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }

@@ -307,6 +307,11 @@ for c in "${CANDIDATES[@]}"; do
             END { print v ", key exchange " k }')
     log "$c: $tls"
 done
+# Log lines are written in batches (within 20 ms): give the first one a moment.
+for _ in {1..50}; do
+    grep -q '"target":"kakuremichi::access"' "$TMP/kakuremichi/access.log" && break
+    sleep 0.1
+done
 grep -q '"target":"kakuremichi::access"' "$TMP/kakuremichi/access.log" ||
     die "kakuremichi wrote no access-log line (see $TMP/kakuremichi/access.log)"
 [[ -s $TMP/nginx/access.log ]] || die "nginx wrote no access-log line"
