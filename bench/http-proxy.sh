@@ -258,7 +258,7 @@ for c in "${CANDIDATES[@]}"; do
     size=$(curl -fsS -o /dev/null -w '%{size_download}' "${URL[$c]}/large") || die "$c: GET /large failed"
     [[ $size == 1048576 ]] || die "$c: /large answered $size bytes"
 done
-# Log lines are written in batches (within 20 ms): give the first one a moment.
+# Log lines are written in batches (within a few ms): give the first one a moment.
 for _ in {1..50}; do
     grep -q '"target":"kakuremichi::access"' "$TMP/kakuremichi/access.log" && break
     sleep 0.1

@@ -252,7 +252,7 @@ status=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer ${TOKE
 [[ $status == 401 ]] || die "jwt: a tampered token got $status, not 401"
 curl -fsS -D - -o /dev/null -H "$AUTH" "$BASE/rl/small" | grep -qi '^ratelimit-limit:' ||
     die "rl: no RateLimit-Limit header"
-# Log lines are written in batches (within 20 ms): give the first one a moment.
+# Log lines are written in batches (within a few ms): give the first one a moment.
 for _ in {1..50}; do
     grep -q '"target":"kakuremichi::access"' "$TMP/kakuremichi/access.log" && break
     sleep 0.1

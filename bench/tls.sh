@@ -307,7 +307,7 @@ for c in "${CANDIDATES[@]}"; do
             END { print v ", key exchange " k }')
     log "$c: $tls"
 done
-# Log lines are written in batches (within 20 ms): give the first one a moment.
+# Log lines are written in batches (within a few ms): give the first one a moment.
 for _ in {1..50}; do
     grep -q '"target":"kakuremichi::access"' "$TMP/kakuremichi/access.log" && break
     sleep 0.1

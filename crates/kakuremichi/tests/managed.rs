@@ -536,6 +536,7 @@ async fn the_gateway_rides_out_a_control_outage_and_resyncs() {
     eprintln!("route added after the control restart served in {took:?}");
     // The restarted gateway resumed from its saved version: control answered `current` on
     // reconnect, and the only snapshot it applied is the one with the new route.
+    gw.wait_message("configuration reloaded").await;
     let applied = gw
         .messages_with("configuration reloaded")
         .into_iter()

@@ -1,6 +1,6 @@
 //! The background log writer. Formatted lines are appended to one shared buffer and a
-//! thread writes them to stdout in batches: at most every [`LINGER`], sooner once
-//! [`FLUSH_AT`] bytes wait. Under load that is one `write` per batch instead of one per
+//! thread writes them to stdout in batches: [`LINGER`] after the first waiting line, sooner
+//! once [`FLUSH_AT`] bytes wait. Under load that is one `write` per batch instead of one per
 //! line, and the request path never wakes the writer thread per line (a wake-up and a
 //! context switch per access-log line cost a busy gateway more than formatting the line).
 //!
@@ -15,7 +15,7 @@ use std::time::Duration;
 use tracing_subscriber::fmt::MakeWriter;
 
 /// How long the first line of a batch may wait for more lines.
-const LINGER: Duration = Duration::from_millis(20);
+const LINGER: Duration = Duration::from_millis(2);
 /// Bytes that make the writer thread start a batch at once.
 const FLUSH_AT: usize = 256 * 1024;
 /// Bytes that may wait at most; loggers block beyond this.
