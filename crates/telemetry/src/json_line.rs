@@ -11,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tracing_subscriber::fmt::MakeWriter;
 
 use crate::batch::BatchWriter;
+use crate::rfc3339::{Decimals, Rfc3339};
 
 /// One JSON object being written; fields are added in order.
 pub struct JsonLine<'a> {
@@ -84,7 +85,15 @@ pub(crate) fn write_info(writer: &BatchWriter, target: &str, fields: impl FnOnce
         };
         buf.clear();
         buf.push_str("{\"timestamp\":\"");
-        rfc3339_micros(buf, SystemTime::now());
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        let _ = write!(
+            buf,
+            "{}",
+            Rfc3339::new(secs, now.subsec_nanos(), Decimals::Micros)
+        );
         buf.push_str("\",\"level\":\"INFO\",");
         let mut json = JsonLine { buf };
         fields(&mut json);
@@ -128,60 +137,9 @@ fn escape_into(out: &mut String, value: &str) {
     out.push('"');
 }
 
-/// `2026-11-23T17:01:32.791243Z` (UTC, microseconds).
-fn rfc3339_micros(out: &mut String, now: SystemTime) {
-    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (year, month, day) = civil_from_days(secs / 86_400);
-    let of_day = secs % 86_400;
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        of_day / 3600,
-        of_day / 60 % 60,
-        of_day % 60,
-        since.subsec_micros()
-    );
-}
-
-/// Year, month, day of a count of days since 1970-01-01 (proleptic Gregorian calendar).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    // Shift the epoch to 0000-03-01 so that leap days fall at the end of a 400-year era.
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    fn stamp(secs: u64, micros: u32) -> String {
-        let mut s = String::new();
-        rfc3339_micros(
-            &mut s,
-            UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros.into()),
-        );
-        s
-    }
-
-    #[test]
-    fn timestamps_are_utc_rfc3339_with_microseconds() {
-        assert_eq!(stamp(0, 0), "1970-01-01T00:00:00.000000Z");
-        // 2000-02-29 (a leap day in a year divisible by 400) and the day after.
-        assert_eq!(stamp(951_782_400, 5), "2000-02-29T00:00:00.000005Z");
-        assert_eq!(stamp(951_868_800, 0), "2000-03-01T00:00:00.000000Z");
-        assert_eq!(stamp(1_795_453_292, 791_243), "2026-11-23T17:01:32.791243Z");
-        assert_eq!(stamp(4_107_542_399, 999_999), "2100-02-28T23:59:59.999999Z");
-    }
 
     #[test]
     fn strings_are_escaped_and_the_result_parses() {

@@ -5,6 +5,7 @@
 
 mod batch;
 mod json_line;
+pub mod rfc3339;
 
 use std::sync::OnceLock;
 
