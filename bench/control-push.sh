@@ -26,16 +26,12 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-log() { printf '==> %s\n' "$*" >&2; }
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
-command -v python3 >/dev/null || { echo "error: python3 is required" >&2; exit 1; }
-BIN=${KAKUREMICHI_BIN:-}
-if [[ -z $BIN ]]; then
-    log "cargo build --release -p kakuremichi"
-    (cd "$ROOT" && cargo build --release -q -p kakuremichi)
-    BIN=$ROOT/target/release/kakuremichi
-fi
-[[ -x $BIN ]] || { echo "error: $BIN is not an executable" >&2; exit 1; }
+command -v python3 >/dev/null || die "python3 is required"
+kakuremichi_binary
+BIN=$KBIN
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/kakuremichi-control-push.XXXXXX")
 cleanup() {

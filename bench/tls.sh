@@ -47,96 +47,23 @@ PROXY_CPU=${PROXY_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 # ---------------------------------------------------------------- tools
-SUDO=""
-if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
-find_nginx() {
-    command -v nginx 2>/dev/null || { [[ -x /usr/sbin/nginx ]] && echo /usr/sbin/nginx; } || true
-}
-apt_updated=""
-apt_install() {
-    if [[ -z $apt_updated ]]; then
-        log "apt-get update"
-        $SUDO apt-get update -qq
-        apt_updated=1
-    fi
-    log "apt-get install -y $*"
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
-}
-command -v wrk >/dev/null || apt_install wrk
-command -v h2load >/dev/null || apt_install nghttp2-client
-if [[ -z $(find_nginx) ]]; then
-    apt_install nginx-light || apt_install nginx
-fi
-command -v curl >/dev/null || apt_install curl
-command -v openssl >/dev/null || apt_install openssl
-command -v taskset >/dev/null || apt_install util-linux
-NGINX=$(find_nginx)
-[[ -n $NGINX ]] || die "nginx is not installed"
+need wrk wrk
+need h2load nghttp2-client
+need curl curl
+need openssl openssl
+need taskset util-linux
+require_nginx
 
-if [[ -n ${KAKUREMICHI_BIN:-} ]]; then
-    KBIN=$KAKUREMICHI_BIN
-else
-    log "cargo build --release -p kakuremichi"
-    (cd "$ROOT" && cargo build --release -p kakuremichi)
-    KBIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/kakuremichi
-fi
-[[ -x $KBIN ]] || die "no kakuremichi binary at $KBIN"
+kakuremichi_binary
 
-ncpu=$(nproc --all)
-if (( ncpu < 2 )); then
-    log "warning: only $ncpu CPU; everything shares CPU 0"
-    PROXY_CPU=0 LOAD_CPU=0
-fi
+check_cpus
 
 # ---------------------------------------------------------------- processes and cleanup
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/kakuremichi-bench-tls.XXXXXX")
-chmod 755 "$TMP"
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ -n ${KEEP_TMP:-} ]]; then
-        log "kept $TMP"
-    else
-        rm -rf "$TMP"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-USED_PORTS=" "
-free_port() {
-    local p
-    while :; do
-        # Below the ephemeral range (32768-), so that no outgoing connection holds it.
-        p=$(( 20000 + RANDOM % 12000 ))
-        [[ $USED_PORTS == *" $p "* ]] && continue
-        port_in_use "$p" && continue
-        USED_PORTS+="$p "
-        echo "$p"
-        return
-    done
-}
-wait_port() {
-    local port=$1 pid=$2 i
-    for i in $(seq 1 100); do
-        port_in_use "$port" && return 0
-        kill -0 "$pid" 2>/dev/null || die "process $pid exited before listening on $port"
-        sleep 0.1
-    done
-    die "nothing listens on $port after 10 s"
-}
+bench_tmp bench-tls
 
 ORIGIN_PORT=$(free_port)
 NGINX_PORT=$(free_port)
@@ -156,29 +83,8 @@ chmod 644 "$TMP/site.key"
 # ---------------------------------------------------------------- origin
 mkdir -p "$TMP/origin/www" "$TMP/origin/tmp"
 printf 'Hello, world!' >"$TMP/origin/www/small"
-NGINX_USER=""
-if [[ $(id -u) -eq 0 ]]; then NGINX_USER="user $(id -un) $(id -gn);"; fi
-nginx_common() { # $1 = prefix dir
-    cat <<EOF
-$NGINX_USER
-daemon off;
-worker_processes 1;
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-events { worker_connections 8192; }
-EOF
-}
-nginx_temp_paths() { # $1 = prefix dir
-    cat <<EOF
-    client_body_temp_path $1/tmp/body;
-    proxy_temp_path $1/tmp/proxy;
-    fastcgi_temp_path $1/tmp/fastcgi;
-    uwsgi_temp_path $1/tmp/uwsgi;
-    scgi_temp_path $1/tmp/scgi;
-EOF
-}
 {
-    nginx_common "$TMP/origin"
+    nginx_common "$TMP/origin" 8192
     cat <<EOF
 http {
 $(nginx_temp_paths "$TMP/origin")
@@ -200,7 +106,7 @@ EOF
 # resumes a session either way.
 mkdir -p "$TMP/nginx/tmp"
 {
-    nginx_common "$TMP/nginx"
+    nginx_common "$TMP/nginx" 8192
     cat <<EOF
 http {
 $(nginx_temp_paths "$TMP/nginx")
@@ -276,14 +182,7 @@ if ! (wait_port "$KAKU_PORT" "$KAKU_PID"); then
     die "kakuremichi did not start"
 fi
 
-nginx_worker() {
-    local w
-    w=$(cat "/proc/$NGINX_PID/task/$NGINX_PID/children" 2>/dev/null || true)
-    w=${w%% *}
-    [[ -n $w ]] || die "cannot find the nginx proxy's worker process"
-    echo "$w"
-}
-NGINX_WORKER=$(nginx_worker)
+NGINX_WORKER=$(nginx_worker "$NGINX_PID")
 
 declare -A PORT_OF PLAIN_OF
 PORT_OF[nginx]=$NGINX_PORT
@@ -307,12 +206,7 @@ for c in "${CANDIDATES[@]}"; do
             END { print v ", key exchange " k }')
     log "$c: $tls"
 done
-# Log lines are written in batches (within a few ms): give the first one a moment.
-for _ in {1..50}; do
-    grep -q '"target":"kakuremichi::access"' "$TMP/kakuremichi/access.log" && break
-    sleep 0.1
-done
-grep -q '"target":"kakuremichi::access"' "$TMP/kakuremichi/access.log" ||
+wait_access_line "$TMP/kakuremichi/access.log" ||
     die "kakuremichi wrote no access-log line (see $TMP/kakuremichi/access.log)"
 [[ -s $TMP/nginx/access.log ]] || die "nginx wrote no access-log line"
 
@@ -326,34 +220,7 @@ done = function(summary, latency, requests)
 end
 EOF
 
-cpu_sample() { # "busy total" jiffies of the proxy CPU, then of the load CPU
-    awk -v p="cpu$PROXY_CPU" -v l="cpu$LOAD_CPU" '$1 == p || $1 == l {
-        t = 0; for (i = 2; i <= 9; i++) t += $i
-        v[$1] = (t - $5 - $6 - $9) " " t
-    } END { print v[p], v[l] }' /proc/stat
-}
-cpu_busy() { # before after → "proxy% load%"
-    awk -v b="$1" -v a="$2" 'BEGIN { split(b, x, " "); split(a, y, " ")
-        printf "%.0f %.0f\n", 100 * (y[1] - x[1]) / (y[2] - x[2] + 1e-9), 100 * (y[3] - x[3]) / (y[4] - x[4] + 1e-9) }'
-}
-
 QUIET_TIMEOUT=${QUIET_TIMEOUT:-300}
-NOISY_RUNS=0
-wait_quiet() {
-    local start=$SECONDS a b busy
-    while :; do
-        a=$(cpu_sample); sleep 0.5; b=$(cpu_sample)
-        busy=$(cpu_busy "$a" "$b" | awk '{ print ($1 > $2 ? $1 : $2) }')
-        (( busy <= 10 )) && return 0
-        if (( SECONDS - start >= QUIET_TIMEOUT )); then
-            log "warning: the CPUs are still ${busy}% busy with other work; measuring anyway"
-            NOISY_RUNS=$((NOISY_RUNS + 1))
-            return 0
-        fi
-        if (( SECONDS - start == 0 )); then log "waiting for other work on the CPUs (${busy}% busy)"; fi
-        sleep 2
-    done
-}
 
 # run_handshakes CANDIDATE BATCHES → "handshakes_per_s failed proxy_cpu% load_cpu%"
 run_handshakes() {
@@ -393,10 +260,6 @@ run_wrk() {
         printf "%.1f %.3f %d %s\n", $2 / $4, $5 / 1000, $3, busy }' <<<"$out"
 }
 
-median() { sort -g | awk '{ v[NR] = $1 } END {
-    if (NR == 0) { print "nan"; exit }
-    if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-
 RESULTS=$TMP/results.txt
 : >"$RESULTS"
 
@@ -434,7 +297,6 @@ done
 field() { # field TEST CANDIDATE COLUMN → median over rounds
     awk -v t="$1" -v c="$2" -v k="$3" '$1 == t && $2 == c { print $k }' "$RESULTS" | median
 }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 > 0) printf "%.2f", a / b; else print "n/a" }'; }
 row() { printf '%-34s %12s %12s %8s\n' "$1" "$2" "$3" "$(ratio "$3" "$2")"; }
 errors_total=$(awk '{ n += $5 } END { print n + 0 }' "$RESULTS")
 
@@ -464,7 +326,7 @@ row "  load CPU busy (%)" "$(field keepalive nginx 7)" "$(field keepalive kakure
 row "plain HTTP req/s (reference)" "$PL_N" "$PL_K"
 row "  proxy CPU busy (%)" "$(field plain nginx 6)" "$(field plain kakuremichi 6)"
 row "HTTPS / plain req/s" "$(ratio "$KA_N" "$PL_N")" "$(ratio "$KA_K" "$PL_K")"
-echo "(failed requests/errors over all runs: $errors_total; samples started on a busy machine: $NOISY_RUNS.)"
+echo "(failed requests/errors over all runs: $errors_total; samples started on a busy machine: $(noisy_count).)"
 
 echo
 verdict() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 <= 0) print "n/a"; else print (a >= b) ? "met" : "NOT met" }'; }

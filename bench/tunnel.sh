@@ -51,36 +51,17 @@ LOAD_CPU=${LOAD_CPU:-0}
 read -r -a CANDIDATES <<<"${CANDIDATES:-direct tunnel tunnel-tcp rathole rathole-plain}"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 export PATH="$PATH:$HOME/.cargo/bin"
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 has() { local c; for c in "${CANDIDATES[@]}"; do [[ $c == "$1" ]] && return 0; done; return 1; }
 
 # ---------------------------------------------------------------- tools
-SUDO=""
-if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
-find_nginx() {
-    command -v nginx 2>/dev/null || { [[ -x /usr/sbin/nginx ]] && echo /usr/sbin/nginx; } || true
-}
-apt_updated=""
-apt_install() {
-    if [[ -z $apt_updated ]]; then
-        log "apt-get update"
-        $SUDO apt-get update -qq
-        apt_updated=1
-    fi
-    log "apt-get install -y $*"
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
-}
-command -v wrk >/dev/null || apt_install wrk
-if [[ -z $(find_nginx) ]]; then
-    apt_install nginx-light || apt_install nginx
-fi
-command -v curl >/dev/null || apt_install curl
-command -v taskset >/dev/null || apt_install util-linux
-NGINX=$(find_nginx)
-[[ -n $NGINX ]] || die "nginx is not installed"
+need wrk wrk
+need curl curl
+need taskset util-linux
+require_nginx
 
 RATHOLE=${RATHOLE_BIN:-$(command -v rathole || true)}
 if [[ -z $RATHOLE ]] && { has rathole || has rathole-plain; }; then
@@ -90,66 +71,13 @@ if [[ -z $RATHOLE ]] && { has rathole || has rathole-plain; }; then
     RATHOLE=$(command -v rathole) || die "rathole is not on PATH after cargo install"
 fi
 
-if [[ -n ${KAKUREMICHI_BIN:-} ]]; then
-    KBIN=$KAKUREMICHI_BIN
-else
-    log "cargo build --release -p kakuremichi"
-    (cd "$ROOT" && cargo build --release -p kakuremichi)
-    KBIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/kakuremichi
-fi
-[[ -x $KBIN ]] || die "no kakuremichi binary at $KBIN"
+kakuremichi_binary
 
-ncpu=$(nproc --all)
-if (( ncpu < 2 )); then
-    log "warning: only $ncpu CPU; everything shares CPU 0"
-    PROXY_CPU=0 LOAD_CPU=0
-fi
+check_cpus
 
 # ---------------------------------------------------------------- processes and cleanup
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/kakuremichi-bench-tunnel.XXXXXX")
-chmod 755 "$TMP"
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ -n ${KEEP_TMP:-} ]]; then
-        log "kept $TMP"
-    else
-        rm -rf "$TMP"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_tmp bench-tunnel
 
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-USED_PORTS=" "
-free_port() {
-    local p
-    while :; do
-        p=$(( 20000 + RANDOM % 30000 ))
-        [[ $USED_PORTS == *" $p "* ]] && continue
-        port_in_use "$p" && continue
-        # Tunnel ports need the UDP port too: skip numbers with a UDP socket bound.
-        grep -qi ":$(printf '%04X' "$p") " /proc/net/udp /proc/net/udp6 2>/dev/null && continue
-        USED_PORTS+="$p "
-        echo "$p"
-        return
-    done
-}
-wait_port() {
-    local port=$1 pid=$2 i
-    for i in $(seq 1 100); do
-        port_in_use "$port" && return 0
-        kill -0 "$pid" 2>/dev/null || die "process $pid exited before listening on $port"
-        sleep 0.1
-    done
-    die "nothing listens on $port after 10 s"
-}
 # start NAME LOGFILE COMMAND... : runs COMMAND pinned to the proxy CPU, remembers its pid.
 declare -A PID_OF
 start() {
@@ -166,28 +94,6 @@ ORIGIN_PORT=$(free_port)
 mkdir -p "$TMP/origin/www" "$TMP/origin/tmp"
 printf 'Hello, world!' >"$TMP/origin/www/small"
 head -c 1048576 /dev/urandom >"$TMP/origin/www/large"
-# Workers run as the current user too (as root, nginx would otherwise switch to nobody).
-NGINX_USER=""
-if [[ $(id -u) -eq 0 ]]; then NGINX_USER="user $(id -un) $(id -gn);"; fi
-nginx_common() { # $1 = prefix dir
-    cat <<EOF
-$NGINX_USER
-daemon off;
-worker_processes 1;
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-events { worker_connections 4096; }
-EOF
-}
-nginx_temp_paths() { # $1 = prefix dir
-    cat <<EOF
-    client_body_temp_path $1/tmp/body;
-    proxy_temp_path $1/tmp/proxy;
-    fastcgi_temp_path $1/tmp/fastcgi;
-    uwsgi_temp_path $1/tmp/uwsgi;
-    scgi_temp_path $1/tmp/scgi;
-EOF
-}
 {
     nginx_common "$TMP/origin"
     cat <<EOF
@@ -377,53 +283,13 @@ for c in "${CANDIDATES[@]}"; do
     for p in ${RSS_PIDS[$c]}; do OURS+="${p#*=} "; done
 done
 
-cpu_sample() { # "busy total" jiffies of the proxy CPU, then of the load CPU
-    awk -v p="cpu$PROXY_CPU" -v l="cpu$LOAD_CPU" '$1 == p || $1 == l {
-        t = 0; for (i = 2; i <= 9; i++) t += $i
-        v[$1] = (t - $5 - $6 - $9) " " t
-    } END { print v[p], v[l] }' /proc/stat
-}
-
 QUIET_TIMEOUT=${QUIET_TIMEOUT:-300}
-note_noisy() { echo x >>"$TMP/noisy"; }
 # Waits (up to QUIET_TIMEOUT s) until neither CPU is more than 10 % busy over half a second.
-wait_quiet() {
-    local start=$SECONDS a b busy
-    while :; do
-        a=$(cpu_sample); sleep 0.5; b=$(cpu_sample)
-        busy=$(awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ")
-            p = 100 * (y[1] - x[1]) / (y[2] - x[2] + 1e-9); l = 100 * (y[3] - x[3]) / (y[4] - x[4] + 1e-9)
-            printf "%.0f", (p > l ? p : l) }')
-        (( busy <= 10 )) && return 0
-        if (( SECONDS - start >= QUIET_TIMEOUT )); then
-            log "warning: the CPUs are still ${busy}% busy with other work; measuring anyway"
-            note_noisy
-            return 0
-        fi
-        if (( SECONDS - start == 0 )); then log "waiting for other work on the CPUs (${busy}% busy)"; fi
-        sleep 2
-    done
-}
 
 # CPU ticks used so far by processes outside the benchmark (with their reaped children, so
 # short-lived compiler processes count too).
 OTHERS_MAX=${OTHERS_MAX:-3}
 RETRIES=${RETRIES:-5}
-others_ticks() {
-    local exclude=$OURS p=$BASHPID f
-    while (( p > 1 )); do
-        exclude+="$p "
-        p=$(awk '{ sub(/^.*\) /, ""); print $2 }' "/proc/$p/stat" 2>/dev/null || echo 1)
-    done
-    for f in /proc/[0-9]*/stat; do
-        p=${f#/proc/}; p=${p%/stat}
-        [[ $exclude == *" $p "* ]] || cat "$f" 2>/dev/null || true
-    done | awk '{ sub(/^.*\) /, ""); s += $12 + $13 + $14 + $15 } END { print s + 0 }'
-}
-duration_secs() {
-    awk -v d="$1" 'BEGIN { n = d + 0; u = substr(d, length(d))
-        if (u == "m") n *= 60; else if (u == "h") n *= 3600; print n }'
-}
 
 # run_wrk CANDIDATE PATH DURATION
 #   → "rps p99_ms mib_s p50_ms errors proxy_cpu_busy% load_cpu_busy%"
@@ -455,10 +321,6 @@ run_wrk() {
     }' <<<"$out"
 }
 
-median() { sort -g | awk '{ v[NR] = $1 } END {
-    if (NR == 0) { print "nan"; exit }
-    if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-
 RESULTS=$TMP/results.txt
 : >"$RESULTS"
 
@@ -489,10 +351,9 @@ done
 field() { # field SIZE CANDIDATE COLUMN → median over rounds
     awk -v s="$1" -v c="$2" -v k="$3" '$1 == s && $2 == c { print $k }' "$RESULTS" | median
 }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 hwm_mib() { awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "?"; }
 errors_total=$(awk '{ n += $7 } END { print n + 0 }' "$RESULTS")
-noisy=$( { wc -l <"$TMP/noisy"; } 2>/dev/null || echo 0)
+noisy=$(noisy_count)
 
 echo
 echo "median of $ROUNDS rounds, wrk -t1 -c$CONNECTIONS -d$DURATION; every candidate's proxy" \
