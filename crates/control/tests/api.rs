@@ -533,7 +533,7 @@ async fn api_suite_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_suite_postgres() {
-    let Some(pg) = common::pg::Postgres::start() else {
+    let Some(pg) = kakuremichi_testkit::postgres::Postgres::start("PostgreSQL tests") else {
         return;
     };
     suite(Backend::Postgres(pg)).await;

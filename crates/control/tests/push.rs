@@ -366,7 +366,7 @@ async fn push_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_postgres() {
-    let Some(pg) = common::pg::Postgres::start() else {
+    let Some(pg) = kakuremichi_testkit::postgres::Postgres::start("PostgreSQL tests") else {
         return;
     };
     let b = Backend::Postgres(pg);

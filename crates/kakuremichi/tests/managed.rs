@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{DEADLINE, Origin, get};
+use kakuremichi_testkit::postgres::Postgres;
 use managed_support::*;
 use serde_json::json;
 
@@ -649,10 +650,10 @@ async fn a_refused_token_is_logged_and_the_last_snapshot_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_managed_gateway_follows_control_on_postgres() {
     let _serial = serial().await;
-    let Some(pg) = Postgres::start() else {
+    let Some(pg) = Postgres::start("PostgreSQL managed-gateway test") else {
         return;
     };
-    let database = pg.fresh_database("managed");
+    let database = pg.create_database("managed");
     let s = Setup::start(Some(&database)).await;
     let info = Api::expect(s.api.get("/api/v1/info").await, 200, "GET /api/v1/info");
     assert_eq!(info["database"], "postgres", "{info}");

@@ -3,8 +3,6 @@
 //! push-socket clients.
 #![allow(dead_code)]
 
-pub mod pg;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -51,7 +49,7 @@ impl Drop for TempDir {
 /// Which database a test runs against.
 pub enum Backend {
     Sqlite,
-    Postgres(pg::Postgres),
+    Postgres(kakuremichi_testkit::postgres::Postgres),
 }
 
 impl Backend {
@@ -59,7 +57,7 @@ impl Backend {
     pub async fn fresh_database(&self, dir: &TempDir) -> String {
         match self {
             Backend::Sqlite => format!("sqlite://{}", dir.path().join("control.db").display()),
-            Backend::Postgres(pg) => pg.fresh_database().await,
+            Backend::Postgres(pg) => pg.fresh_database(),
         }
     }
     pub fn name(&self) -> &'static str {

@@ -1,8 +1,9 @@
 //! A throwaway PostgreSQL cluster from Debian's `postgresql` package: `initdb` into a
 //! temporary folder, `pg_ctl start` on a free port of 127.0.0.1 (as the `postgres` user when
-//! the tests run as root), a fresh database per test, `pg_ctl stop` on drop.
+//! the tests run as root), databases made with `createdb`, `pg_ctl stop` on drop. When the
+//! package is missing, `start` says so loudly and the caller skips its test.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -43,20 +44,32 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// Prints why PostgreSQL tests are skipped, loudly.
-fn skip(why: &str) -> Option<Postgres> {
+/// Prints why `who` (the tests that wanted the cluster) are skipped, loudly.
+fn skip(who: &str, why: &str) -> Option<Postgres> {
     let line = "!".repeat(78);
     eprintln!(
-        "\n{line}\nSKIPPED: PostgreSQL tests: {why}\nInstall Debian's package (apt-get install -y postgresql) to run them.\n{line}\n"
+        "\n{line}\nSKIPPED: {who}: {why}\nInstall Debian's package (apt-get install -y postgresql) to run them.\n{line}\n"
     );
     None
 }
 
+/// A folder name no other test run uses.
+fn unique_tag() -> String {
+    static COUNT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let n = COUNT.fetch_add(1, Ordering::Relaxed);
+    format!("{}-{n}-{nanos:x}", std::process::id())
+}
+
 impl Postgres {
-    /// Starts a cluster, or returns `None` after a loud message when that is impossible.
-    pub fn start() -> Option<Postgres> {
+    /// Starts a cluster, or returns `None` after a loud message naming `who` (the tests
+    /// that are skipped) when that is impossible.
+    pub fn start(who: &str) -> Option<Postgres> {
         let Some(bin) = find_bin() else {
-            return skip("no /usr/lib/postgresql/*/bin/initdb");
+            return skip(who, "no /usr/lib/postgresql/*/bin/initdb");
         };
         let run_as = if is_root() {
             let has_user = Command::new("id")
@@ -66,16 +79,16 @@ impl Postgres {
                 .status()
                 .is_ok_and(|s| s.success());
             if !has_user {
-                return skip("running as root and there is no `postgres` user to run initdb as");
+                return skip(
+                    who,
+                    "running as root and there is no `postgres` user to run initdb as",
+                );
             }
             Some("postgres".to_string())
         } else {
             None
         };
-        let mut b = [0u8; 6];
-        getrandom::fill(&mut b).expect("random");
-        let tag: String = b.iter().map(|x| format!("{x:02x}")).collect();
-        let dir = std::env::temp_dir().join(format!("kakuremichi-pg-{tag}"));
+        let dir = std::env::temp_dir().join(format!("kakuremichi-pg-{}", unique_tag()));
         std::fs::create_dir_all(&dir).expect("pg dir");
         if let Some(user) = &run_as {
             let ok = Command::new("chown")
@@ -84,7 +97,7 @@ impl Postgres {
                 .status()
                 .is_ok_and(|s| s.success());
             if !ok {
-                return skip("cannot chown the data folder to postgres");
+                return skip(who, "cannot chown the data folder to postgres");
             }
         }
         let pg = Postgres {
@@ -112,10 +125,10 @@ impl Postgres {
             .output()
             .expect("run initdb");
         if !out.status.success() {
-            return skip(&format!(
-                "initdb failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
+            return skip(
+                who,
+                &format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)),
+            );
         }
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
@@ -133,10 +146,13 @@ impl Postgres {
             .expect("run pg_ctl");
         if !out.status.success() {
             let log = std::fs::read_to_string(pg.dir.join("log")).unwrap_or_default();
-            return skip(&format!(
-                "pg_ctl start failed: {}{log}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
+            return skip(
+                who,
+                &format!(
+                    "pg_ctl start failed: {}{log}",
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            );
         }
         Some(pg)
     }
@@ -157,25 +173,33 @@ impl Postgres {
         format!("postgres://kakuremichi@127.0.0.1:{}/{db}", self.port)
     }
 
-    /// Creates an empty database and returns its URL.
-    pub async fn fresh_database(&self) -> String {
-        let n = self.next_db.fetch_add(1, Ordering::Relaxed);
-        let name = format!("control_{n}");
-        let (client, conn) = tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls)
-            .await
-            .expect("connect to postgres");
-        let task = tokio::spawn(conn);
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create database");
-        drop(client);
-        let _ = task.await;
-        self.url(&name)
+    /// Creates an empty database `name` and returns its URL.
+    pub fn create_database(&self, name: &str) -> String {
+        let out = self
+            .command("createdb")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "kakuremichi",
+                name,
+            ])
+            .output()
+            .expect("run createdb");
+        assert!(
+            out.status.success(),
+            "createdb {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.url(name)
     }
 
-    pub fn data_dir(&self) -> &Path {
-        &self.dir
+    /// Creates an empty database with a name not used before on this cluster.
+    pub fn fresh_database(&self) -> String {
+        let n = self.next_db.fetch_add(1, Ordering::Relaxed);
+        self.create_database(&format!("db_{n}"))
     }
 }
 
