@@ -336,7 +336,7 @@ async fn tls_alpn01_is_answered_on_the_https_listener() {
 async fn dns01_covers_a_wildcard_route_through_the_cloudflare_api() {
     let ports = Ports::pick();
     let pebble = Pebble::start(ports.http, ports.https).await;
-    let cloudflare = CloudflareStandIn::start(&pebble, &["example.test"]).await;
+    let cloudflare = CloudflareStandIn::start(pebble.challtest_mgmt, &["example.test"]).await;
     let origin = version_origin().await;
     let dir = TempDir::new("acme-dns01");
     std::fs::write(

@@ -137,7 +137,7 @@ async fn tls_alpn01_issues_a_certificate() {
 async fn dns01_through_the_cloudflare_api_covers_a_wildcard() {
     init_logs();
     let mut pebble = Pebble::start(PebbleOptions::default()).await;
-    let cloudflare = CloudflareStandIn::start(&pebble, &["example.test"]).await;
+    let cloudflare = CloudflareStandIn::start(pebble.challtest_mgmt, &["example.test"]).await;
     let state = TempDir::new("state");
     let store = CertStore::new();
     let mut settings = pebble.settings(state.path(), Challenge::Dns01);
@@ -184,7 +184,7 @@ async fn dns01_through_the_cloudflare_api_covers_a_wildcard() {
 async fn dns01_with_a_wrong_api_token_fails_with_a_clear_error() {
     init_logs();
     let pebble = Pebble::start(PebbleOptions::default()).await;
-    let cloudflare = CloudflareStandIn::start(&pebble, &["example.test"]).await;
+    let cloudflare = CloudflareStandIn::start(pebble.challtest_mgmt, &["example.test"]).await;
     let state = TempDir::new("state");
     let store = CertStore::new();
     let mut settings = pebble.settings(state.path(), Challenge::Dns01);

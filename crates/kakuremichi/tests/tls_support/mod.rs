@@ -6,18 +6,15 @@
 //! on drop.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
-use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -26,11 +23,10 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use serde_json::Value;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::common::{BIN, eventually, metric};
+use crate::common::{BIN, metric};
 
 /// How long one wait may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -712,28 +708,15 @@ pub fn json(body: &Bytes) -> Value {
 // ---------------------------------------------------------------------------------------
 // Pebble
 
-struct Kill(Child);
+/// The real Pebble ACME server and pebble-challtestsrv (kakuremichi-testkit), validating
+/// against the given http and https ports.
+pub struct Pebble(kakuremichi_testkit::pebble::Pebble);
 
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+impl std::ops::Deref for Pebble {
+    type Target = kakuremichi_testkit::pebble::Pebble;
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
-}
-
-/// The real Pebble ACME server and pebble-challtestsrv (its DNS, answering 127.0.0.1 for
-/// every name), on loopback, validating against the given http and https ports.
-pub struct Pebble {
-    _pebble: Kill,
-    _challtest: Kill,
-    pub dir: TempDir,
-    /// The ACME directory URL.
-    pub directory: String,
-    pub mgmt: SocketAddr,
-    pub challtest_mgmt: SocketAddr,
-    /// CA of Pebble's own HTTPS certificate (`[tls.acme] ca_roots`).
-    pub ca_roots: PathBuf,
-    ca_der: CertificateDer<'static>,
 }
 
 impl Pebble {
@@ -748,82 +731,7 @@ impl Pebble {
         tls_port: u16,
         validity: Option<u64>,
     ) -> Pebble {
-        for bin in ["/usr/bin/pebble", "/usr/bin/pebble-challtestsrv"] {
-            assert!(
-                Path::new(bin).exists(),
-                "{bin} is missing: install the Debian package with `apt-get install -y pebble`"
-            );
-        }
-        let dir = TempDir::new("pebble");
-        let ca = TestCa::new();
-        let leaf = ca.leaf(&["127.0.0.1", "localhost"], 1);
-        let ca_roots = dir.path().join("ca.pem");
-        std::fs::write(&ca_roots, ca.pem()).unwrap();
-        std::fs::write(dir.path().join("pebble.crt"), &leaf.cert_pem).unwrap();
-        std::fs::write(dir.path().join("pebble.key"), &leaf.key_pem).unwrap();
-
-        let (acme_port, mgmt_port, dns_port, ct_port) =
-            (free_port(), free_port(), free_port(), free_port());
-        let mut config = serde_json::json!({ "pebble": {
-            "listenAddress": format!("127.0.0.1:{acme_port}"),
-            "managementListenAddress": format!("127.0.0.1:{mgmt_port}"),
-            "certificate": dir.path().join("pebble.crt"),
-            "privateKey": dir.path().join("pebble.key"),
-            "httpPort": http_port,
-            "tlsPort": tls_port,
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": false,
-        }});
-        if let Some(validity) = validity {
-            config["pebble"]["certificateValidityPeriod"] = validity.into();
-        }
-        let config_path = dir.path().join("pebble.json");
-        std::fs::write(&config_path, config.to_string()).unwrap();
-        let log = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
-        let challtest = Kill(
-            Command::new("/usr/bin/pebble-challtestsrv")
-                .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
-                .args(["-dns01", &format!("127.0.0.1:{dns_port}")])
-                .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
-                .args(["-management", &format!("127.0.0.1:{ct_port}")])
-                .stdin(Stdio::null())
-                .stdout(log("challtestsrv.log"))
-                .stderr(log("challtestsrv.err"))
-                .spawn()
-                .expect("start pebble-challtestsrv"),
-        );
-        let pebble = Kill(
-            Command::new("/usr/bin/pebble")
-                .arg("-config")
-                .arg(&config_path)
-                .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
-                .env("PEBBLE_VA_NOSLEEP", "1")
-                .env("PEBBLE_WFE_NONCEREJECT", "0")
-                .env("PEBBLE_AUTHZREUSE", "0")
-                .stdin(Stdio::null())
-                .stdout(log("pebble.log"))
-                .stderr(log("pebble.err"))
-                .spawn()
-                .expect("start pebble"),
-        );
-        let mgmt = addr(mgmt_port);
-        let challtest_mgmt = addr(ct_port);
-        for a in [addr(acme_port), mgmt, challtest_mgmt] {
-            eventually("pebble to listen", Duration::from_secs(15), || async move {
-                TcpStream::connect(a).await.ok().map(|_| ())
-            })
-            .await;
-        }
-        Pebble {
-            _pebble: pebble,
-            _challtest: challtest,
-            directory: format!("https://127.0.0.1:{acme_port}/dir"),
-            mgmt,
-            challtest_mgmt,
-            ca_roots,
-            ca_der: ca.cert.der().clone(),
-            dir,
-        }
+        Pebble(kakuremichi_testkit::pebble::Pebble::start(http_port, tls_port, validity).await)
     }
 
     /// `[tls.acme]` for this Pebble.
@@ -838,7 +746,9 @@ impl Pebble {
     /// Trust roots for the certificates Pebble issues: its `/roots/0` (new at every start).
     pub async fn issuer_roots(&self) -> RootCertStore {
         let mut trusted = RootCertStore::empty();
-        trusted.add(self.ca_der.clone()).unwrap();
+        trusted
+            .add(CertificateDer::from(self.ca_der.clone()))
+            .unwrap();
         let config = client_config(&Trust::Roots(trusted), &[], &[b"http/1.1"]);
         let (status, body) = http1_get(
             self.mgmt,
@@ -855,14 +765,6 @@ impl Pebble {
         }
         assert!(!roots.is_empty(), "Pebble returned no root");
         roots
-    }
-
-    pub fn logs(&self) -> String {
-        ["pebble.log", "pebble.err", "challtestsrv.log"]
-            .iter()
-            .map(|f| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n")
     }
 }
 
@@ -890,224 +792,5 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 // ---------------------------------------------------------------------------------------
 // A stand-in for Cloudflare's DNS API feeding TXT records to challtestsrv
 
-/// Serves the part of Cloudflare's API the DNS-01 provider uses (zones by name, TXT records
-/// created, listed and deleted) and publishes the records through challtestsrv.
-pub struct CloudflareStandIn {
-    pub api_url: String,
-    pub token: String,
-    pub creates: Arc<AtomicU64>,
-    pub deletes: Arc<AtomicU64>,
-    pub records: Arc<Mutex<Vec<(String, String, String)>>>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for CloudflareStandIn {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-#[derive(Clone)]
-struct StandIn {
-    token: String,
-    zones: Vec<(String, String)>,
-    records: Arc<Mutex<Vec<(String, String, String)>>>,
-    next_id: Arc<AtomicU64>,
-    creates: Arc<AtomicU64>,
-    deletes: Arc<AtomicU64>,
-    challtest: SocketAddr,
-}
-
-fn cf(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap()
-}
-
-fn cf_ok(result: Value) -> Response<Full<Bytes>> {
-    cf(
-        StatusCode::OK,
-        serde_json::json!({"success": true, "errors": [], "messages": [], "result": result}),
-    )
-}
-
-fn cf_err(status: StatusCode, code: u32, message: &str) -> Response<Full<Bytes>> {
-    cf(
-        status,
-        serde_json::json!({"success": false, "errors": [{"code": code, "message": message}], "result": null}),
-    )
-}
-
-impl StandIn {
-    async fn handle(self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        let auth = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        if auth != format!("Bearer {}", self.token) {
-            return cf_err(StatusCode::FORBIDDEN, 10000, "Authentication error");
-        }
-        let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let query: HashMap<String, String> = req
-            .uri()
-            .query()
-            .unwrap_or_default()
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let body = req.into_body().collect().await.unwrap().to_bytes();
-        let parts: Vec<&str> = path.trim_start_matches("/client/v4/").split('/').collect();
-        match (method, parts.as_slice()) {
-            (Method::GET, ["zones"]) => {
-                let name = query.get("name").cloned().unwrap_or_default();
-                let found: Vec<Value> = self
-                    .zones
-                    .iter()
-                    .filter(|(_, z)| *z == name)
-                    .map(|(id, z)| serde_json::json!({"id": id, "name": z}))
-                    .collect();
-                cf_ok(found.into())
-            }
-            (Method::POST, ["zones", _, "dns_records"]) => {
-                let v: Value = serde_json::from_slice(&body).unwrap();
-                let name = v["name"].as_str().unwrap_or_default().to_string();
-                let content = v["content"].as_str().unwrap_or_default().to_string();
-                let id = format!("rec-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
-                self.records
-                    .lock()
-                    .unwrap()
-                    .push((id.clone(), name.clone(), content.clone()));
-                self.push_txt(&name).await;
-                self.creates.fetch_add(1, Ordering::Relaxed);
-                cf_ok(
-                    serde_json::json!({"id": id, "type": "TXT", "name": name, "content": content}),
-                )
-            }
-            (Method::GET, ["zones", _, "dns_records"]) => {
-                let name = query.get("name").cloned().unwrap_or_default();
-                let found: Vec<Value> = self
-                    .records
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .filter(|(_, n, _)| *n == name)
-                    .map(|(id, n, c)| serde_json::json!({"id": id, "type": "TXT", "name": n, "content": format!("\"{c}\"")}))
-                    .collect();
-                cf_ok(found.into())
-            }
-            (Method::DELETE, ["zones", _, "dns_records", id]) => {
-                let removed = {
-                    let mut records = self.records.lock().unwrap();
-                    let pos = records.iter().position(|(rid, _, _)| rid == id);
-                    pos.map(|p| records.remove(p))
-                };
-                match removed {
-                    Some((_, name, _)) => {
-                        self.push_txt(&name).await;
-                        self.deletes.fetch_add(1, Ordering::Relaxed);
-                        cf_ok(serde_json::json!({"id": id}))
-                    }
-                    None => cf_err(StatusCode::NOT_FOUND, 81044, "Record does not exist."),
-                }
-            }
-            _ => cf_err(StatusCode::NOT_FOUND, 7003, "No route for that URI"),
-        }
-    }
-
-    /// Makes challtestsrv answer exactly the records held for `name`.
-    async fn push_txt(&self, name: &str) {
-        let fqdn = format!("{name}.");
-        let values: Vec<String> = self
-            .records
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, n, _)| n == name)
-            .map(|(_, _, c)| c.clone())
-            .collect();
-        challtest_post(
-            self.challtest,
-            "/clear-txt",
-            serde_json::json!({"host": fqdn}),
-        )
-        .await;
-        for value in values {
-            challtest_post(
-                self.challtest,
-                "/set-txt",
-                serde_json::json!({"host": fqdn, "value": value}),
-            )
-            .await;
-        }
-    }
-}
-
-async fn challtest_post(addr: SocketAddr, path: &str, body: Value) {
-    let req = Request::post(path)
-        .header("host", addr.to_string())
-        .body(
-            Full::new(Bytes::from(body.to_string()))
-                .map_err(|e| match e {})
-                .boxed(),
-        )
-        .unwrap();
-    let resp = http1_send(addr, None, req)
-        .await
-        .expect("challtestsrv management");
-    assert_eq!(resp.status(), 200, "challtestsrv {path}");
-}
-
-impl CloudflareStandIn {
-    pub async fn start(pebble: &Pebble, zones: &[&str]) -> CloudflareStandIn {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let local = listener.local_addr().unwrap();
-        let state = StandIn {
-            token: "cf-test-token".into(),
-            zones: zones
-                .iter()
-                .enumerate()
-                .map(|(i, z)| (format!("zone-{i}"), z.to_string()))
-                .collect(),
-            records: Arc::default(),
-            next_id: Arc::default(),
-            creates: Arc::default(),
-            deletes: Arc::default(),
-            challtest: pebble.challtest_mgmt,
-        };
-        let (records, creates, deletes) = (
-            state.records.clone(),
-            state.creates.clone(),
-            state.deletes.clone(),
-        );
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let state = state.clone();
-                let service = hyper::service::service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(state.handle(req).await) }
-                });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), service),
-                );
-            }
-        });
-        CloudflareStandIn {
-            api_url: format!("http://{local}/client/v4"),
-            token: "cf-test-token".into(),
-            creates,
-            deletes,
-            records,
-            task,
-        }
-    }
-}
+#[allow(unused_imports)] // used by some of the test binaries that include this module
+pub use kakuremichi_testkit::cloudflare::CloudflareStandIn;

@@ -1,15 +1,13 @@
-//! Test harness: the real Pebble ACME server and pebble-challtestsrv (its DNS) started on
-//! free loopback ports with their own config, plus the listeners a gateway would run (an
+//! Test harness: the real Pebble ACME server and pebble-challtestsrv (its DNS, started by
+//! kakuremichi-testkit) with the listeners it validates against, plus the listeners a gateway would run (an
 //! http listener answering HTTP-01, a TLS listener using the store), a TLS client that
 //! verifies against Pebble's root, and a stand-in for Cloudflare's DNS API that feeds TXT
 //! records to challtestsrv. Every wait is bounded; children are killed on drop.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -98,139 +96,41 @@ where
     }
 }
 
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[derive(Default, Clone)]
 pub struct PebbleOptions {
     /// certificateValidityPeriod in seconds.
     pub validity: Option<u64>,
 }
 
-/// Pebble and its DNS server.
+/// Pebble and its DNS server (kakuremichi-testkit), with the listeners Pebble validates
+/// against.
 pub struct Pebble {
-    _pebble: Kill,
-    _challtest: Kill,
-    pub dir: TempDir,
-    pub directory: String,
-    pub mgmt: SocketAddr,
-    pub challtest_mgmt: SocketAddr,
-    /// The CA of Pebble's own HTTPS certificate (AcmeSettings::ca_roots).
-    pub ca_roots: PathBuf,
-    /// The listeners Pebble validates against.
+    inner: kakuremichi_testkit::pebble::Pebble,
     pub http_listener: Option<TcpListener>,
     pub tls_listener: Option<TcpListener>,
-    ca_der: CertificateDer<'static>,
 }
 
-pub fn pebble_binaries_present() {
-    for bin in ["/usr/bin/pebble", "/usr/bin/pebble-challtestsrv"] {
-        assert!(
-            Path::new(bin).exists(),
-            "{bin} is missing: install the Debian package with `apt-get install -y pebble`"
-        );
+impl std::ops::Deref for Pebble {
+    type Target = kakuremichi_testkit::pebble::Pebble;
+    fn deref(&self) -> &Self::Target {
+        &self.inner
     }
 }
 
 impl Pebble {
     pub async fn start(options: PebbleOptions) -> Pebble {
-        pebble_binaries_present();
-        let dir = TempDir::new("pebble");
-
-        // Pebble's HTTPS certificate, from a CA of our own.
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "kakuremichi test CA");
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
-            .unwrap()
-            .signed_by(&leaf_key, &ca, &ca_key)
-            .unwrap();
-        let ca_roots = dir.path().join("ca.pem");
-        std::fs::write(&ca_roots, ca.pem()).unwrap();
-        std::fs::write(dir.path().join("pebble.crt"), leaf.pem()).unwrap();
-        std::fs::write(dir.path().join("pebble.key"), leaf_key.serialize_pem()).unwrap();
-
         let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tls_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (acme_port, mgmt_port, dns_port, ct_port) =
-            (free_port(), free_port(), free_port(), free_port());
-        let mut config = serde_json::json!({ "pebble": {
-            "listenAddress": format!("127.0.0.1:{acme_port}"),
-            "managementListenAddress": format!("127.0.0.1:{mgmt_port}"),
-            "certificate": dir.path().join("pebble.crt"),
-            "privateKey": dir.path().join("pebble.key"),
-            "httpPort": http_listener.local_addr().unwrap().port(),
-            "tlsPort": tls_listener.local_addr().unwrap().port(),
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": false,
-        }});
-        if let Some(validity) = options.validity {
-            config["pebble"]["certificateValidityPeriod"] = validity.into();
-        }
-        let config_path = dir.path().join("pebble.json");
-        std::fs::write(&config_path, config.to_string()).unwrap();
-
-        let log = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
-        let challtest = Kill(
-            Command::new("/usr/bin/pebble-challtestsrv")
-                .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
-                .args(["-dns01", &format!("127.0.0.1:{dns_port}")])
-                .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
-                .args(["-management", &format!("127.0.0.1:{ct_port}")])
-                .stdin(Stdio::null())
-                .stdout(log("challtestsrv.log"))
-                .stderr(log("challtestsrv.err"))
-                .spawn()
-                .expect("start pebble-challtestsrv"),
-        );
-        let pebble = Kill(
-            Command::new("/usr/bin/pebble")
-                .arg("-config")
-                .arg(&config_path)
-                .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
-                .env("PEBBLE_VA_NOSLEEP", "1")
-                .env("PEBBLE_WFE_NONCEREJECT", "0")
-                .env("PEBBLE_AUTHZREUSE", "0")
-                .stdin(Stdio::null())
-                .stdout(log("pebble.log"))
-                .stderr(log("pebble.err"))
-                .spawn()
-                .expect("start pebble"),
-        );
-        let mgmt: SocketAddr = ([127, 0, 0, 1], mgmt_port).into();
-        let challtest_mgmt: SocketAddr = ([127, 0, 0, 1], ct_port).into();
-        for addr in [
-            SocketAddr::from(([127, 0, 0, 1], acme_port)),
-            mgmt,
-            challtest_mgmt,
-        ] {
-            wait_for(Duration::from_secs(15), "pebble to listen", || async move {
-                TcpStream::connect(addr).await.ok().map(|_| ())
-            })
-            .await;
-        }
+        let inner = kakuremichi_testkit::pebble::Pebble::start(
+            http_listener.local_addr().unwrap().port(),
+            tls_listener.local_addr().unwrap().port(),
+            options.validity,
+        )
+        .await;
         Pebble {
-            _pebble: pebble,
-            _challtest: challtest,
-            directory: format!("https://127.0.0.1:{acme_port}/dir"),
-            mgmt,
-            challtest_mgmt,
-            ca_roots,
+            inner,
             http_listener: Some(http_listener),
             tls_listener: Some(tls_listener),
-            ca_der: ca.der().clone(),
-            dir,
         }
     }
 
@@ -248,7 +148,9 @@ impl Pebble {
     /// Trust roots for certificates Pebble issues (its root changes at every start).
     pub async fn issuer_roots(&self) -> RootCertStore {
         let mut trusted = RootCertStore::empty();
-        trusted.add(self.ca_der.clone()).unwrap();
+        trusted
+            .add(CertificateDer::from(self.ca_der.clone()))
+            .unwrap();
         let tls = client_config(trusted, vec![]);
         let (status, body) = request(
             self.mgmt,
@@ -266,27 +168,6 @@ impl Pebble {
         }
         assert!(!roots.is_empty(), "pebble returned no root");
         roots
-    }
-
-    pub async fn challtest(&self, path: &str, body: serde_json::Value) {
-        let (status, _) = request(
-            self.challtest_mgmt,
-            None,
-            Method::POST,
-            path,
-            Bytes::from(body.to_string()),
-        )
-        .await
-        .expect("challtestsrv management");
-        assert_eq!(status, StatusCode::OK, "challtestsrv {path}");
-    }
-
-    pub fn logs(&self) -> String {
-        ["pebble.log", "pebble.err", "challtestsrv.log"]
-            .iter()
-            .map(|f| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n")
     }
 }
 
@@ -505,222 +386,5 @@ pub async fn wait_for_serial(store: &CertStore, host: &str, not: Option<&str>) -
     .await
 }
 
-/// A stand-in for Cloudflare's DNS API (the part the provider uses) that forwards TXT
-/// records to challtestsrv, Pebble's DNS.
-pub struct CloudflareStandIn {
-    pub api_url: String,
-    pub token: String,
-    pub records: Arc<Mutex<Vec<(String, String, String)>>>,
-    pub creates: Arc<AtomicU64>,
-    pub deletes: Arc<AtomicU64>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for CloudflareStandIn {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-#[derive(Clone)]
-struct StandIn {
-    token: String,
-    zones: Vec<(String, String)>,
-    records: Arc<Mutex<Vec<(String, String, String)>>>,
-    next_id: Arc<AtomicU64>,
-    creates: Arc<AtomicU64>,
-    deletes: Arc<AtomicU64>,
-    challtest: SocketAddr,
-}
-
-fn cf_json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap()
-}
-
-fn cf_ok(result: serde_json::Value) -> Response<Full<Bytes>> {
-    cf_json(
-        StatusCode::OK,
-        serde_json::json!({ "success": true, "errors": [], "messages": [], "result": result }),
-    )
-}
-
-fn cf_err(status: StatusCode, code: u32, message: &str) -> Response<Full<Bytes>> {
-    cf_json(
-        status,
-        serde_json::json!({ "success": false, "errors": [{ "code": code, "message": message }], "result": null }),
-    )
-}
-
-impl StandIn {
-    async fn handle(self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        let auth = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        if auth != format!("Bearer {}", self.token) {
-            return cf_err(StatusCode::FORBIDDEN, 10000, "Authentication error");
-        }
-        let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let query: HashMap<String, String> = req
-            .uri()
-            .query()
-            .unwrap_or_default()
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let body = req.into_body().collect().await.unwrap().to_bytes();
-        let parts: Vec<&str> = path.trim_start_matches("/client/v4/").split('/').collect();
-        match (method, parts.as_slice()) {
-            (Method::GET, ["zones"]) => {
-                let name = query.get("name").cloned().unwrap_or_default();
-                let found: Vec<_> = self
-                    .zones
-                    .iter()
-                    .filter(|(_, z)| *z == name)
-                    .map(|(id, z)| serde_json::json!({ "id": id, "name": z }))
-                    .collect();
-                cf_ok(found.into())
-            }
-            (Method::POST, ["zones", _zone, "dns_records"]) => {
-                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                let name = v["name"].as_str().unwrap().to_string();
-                let content = v["content"].as_str().unwrap().to_string();
-                assert_eq!(v["type"], "TXT");
-                let id = format!("rec-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
-                self.records
-                    .lock()
-                    .unwrap()
-                    .push((id.clone(), name.clone(), content.clone()));
-                self.push_txt(&name).await;
-                self.creates.fetch_add(1, Ordering::Relaxed);
-                cf_ok(
-                    serde_json::json!({ "id": id, "type": "TXT", "name": name, "content": content }),
-                )
-            }
-            (Method::GET, ["zones", _zone, "dns_records"]) => {
-                let name = query.get("name").cloned().unwrap_or_default();
-                let found: Vec<_> = self
-                    .records
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .filter(|(_, n, _)| *n == name)
-                    .map(|(id, n, c)| serde_json::json!({ "id": id, "type": "TXT", "name": n, "content": format!("\"{c}\"") }))
-                    .collect();
-                cf_ok(found.into())
-            }
-            (Method::DELETE, ["zones", _zone, "dns_records", id]) => {
-                let removed = {
-                    let mut records = self.records.lock().unwrap();
-                    let pos = records.iter().position(|(rid, _, _)| rid == id);
-                    pos.map(|p| records.remove(p))
-                };
-                match removed {
-                    Some((_, name, _)) => {
-                        self.push_txt(&name).await;
-                        self.deletes.fetch_add(1, Ordering::Relaxed);
-                        cf_ok(serde_json::json!({ "id": id }))
-                    }
-                    None => cf_err(StatusCode::NOT_FOUND, 81044, "Record does not exist."),
-                }
-            }
-            _ => cf_err(StatusCode::NOT_FOUND, 7003, "No route for that URI"),
-        }
-    }
-
-    /// Makes challtestsrv answer exactly the records held for `name`.
-    async fn push_txt(&self, name: &str) {
-        let fqdn = format!("{name}.");
-        let values: Vec<String> = self
-            .records
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, n, _)| n == name)
-            .map(|(_, _, c)| c.clone())
-            .collect();
-        post_json(
-            self.challtest,
-            "/clear-txt",
-            serde_json::json!({ "host": fqdn }),
-        )
-        .await;
-        for value in values {
-            post_json(
-                self.challtest,
-                "/set-txt",
-                serde_json::json!({ "host": fqdn, "value": value }),
-            )
-            .await;
-        }
-    }
-}
-
-async fn post_json(addr: SocketAddr, path: &str, body: serde_json::Value) {
-    let (status, _) = request(
-        addr,
-        None,
-        Method::POST,
-        path,
-        Bytes::from(body.to_string()),
-    )
-    .await
-    .expect("challtestsrv management");
-    assert_eq!(status, StatusCode::OK);
-}
-
-impl CloudflareStandIn {
-    pub async fn start(pebble: &Pebble, zones: &[&str]) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = StandIn {
-            token: "cf-test-token".into(),
-            zones: zones
-                .iter()
-                .enumerate()
-                .map(|(i, z)| (format!("zone-{i}"), z.to_string()))
-                .collect(),
-            records: Arc::default(),
-            next_id: Arc::default(),
-            creates: Arc::default(),
-            deletes: Arc::default(),
-            challtest: pebble.challtest_mgmt,
-        };
-        let (records, creates, deletes) = (
-            state.records.clone(),
-            state.creates.clone(),
-            state.deletes.clone(),
-        );
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let state = state.clone();
-                let service = hyper::service::service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(state.handle(req).await) }
-                });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), service),
-                );
-            }
-        });
-        Self {
-            api_url: format!("http://{addr}/client/v4"),
-            token: "cf-test-token".into(),
-            records,
-            creates,
-            deletes,
-            task,
-        }
-    }
-}
+#[allow(unused_imports)] // used by some of the test binaries that include this module
+pub use kakuremichi_testkit::cloudflare::CloudflareStandIn;
