@@ -1,8 +1,8 @@
-//! Test harness: the real Pebble ACME server and pebble-challtestsrv (its DNS, started by
-//! kakuremichi-testkit) with the listeners it validates against, plus the listeners a gateway would run (an
-//! http listener answering HTTP-01, a TLS listener using the store), a TLS client that
-//! verifies against Pebble's root, and a stand-in for Cloudflare's DNS API that feeds TXT
-//! records to challtestsrv. Every wait is bounded; children are killed on drop.
+//! Test harness: the real Pebble ACME server and pebble-challtestsrv (its DNS), started by
+//! kakuremichi-testkit, with the listeners a gateway would run (an http listener answering
+//! HTTP-01, a TLS listener using the store), a TLS client that verifies against Pebble's
+//! root, and the testkit's stand-in for Cloudflare's DNS API. Every wait is bounded;
+//! children are killed on drop.
 #![allow(dead_code)]
 
 use std::convert::Infallible;
