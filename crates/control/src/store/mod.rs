@@ -191,8 +191,40 @@ pub(crate) fn role_from_str(s: &str) -> Role {
     }
 }
 
-/// Schema version this build knows.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+/// Schema version this build knows: one per migration.
+pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Migrations, in order; `MIGRATIONS[n]` brings the schema from version n to n + 1. One text
+/// for both databases: `BIGINT` is PostgreSQL's 64-bit integer and has INTEGER affinity in
+/// SQLite (the same storage as the `INTEGER` that SQLite databases made before were
+/// created with).
+pub(crate) const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE peers (
+    id TEXT PRIMARY KEY,
+    role TEXT NOT NULL CHECK (role IN ('agent', 'gateway')),
+    name TEXT NOT NULL,
+    address TEXT,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    pin TEXT,
+    created_at BIGINT NOT NULL,
+    last_seen BIGINT,
+    disconnected_at BIGINT,
+    report TEXT,
+    UNIQUE (role, name)
+);
+CREATE TABLE routes (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    spec TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+"#];
+
+/// Column lists, in the order the row readers expect.
+pub(crate) const PEER_COLUMNS: &str =
+    "id, role, name, address, token_sha256, pin, created_at, last_seen, disconnected_at, report";
+pub(crate) const ROUTE_COLUMNS: &str = "id, name, spec, created_at, updated_at";
 
 #[cfg(test)]
 mod tests {

@@ -9,40 +9,13 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Row, Transaction};
 
 use super::{
-    BoxFuture, Peer, RouteRow, SCHEMA_VERSION, StateData, Store, StoreError, role_from_str,
+    BoxFuture, MIGRATIONS, PEER_COLUMNS, Peer, ROUTE_COLUMNS, RouteRow, SCHEMA_VERSION, StateData,
+    Store, StoreError, role_from_str,
 };
 use crate::protocol::Role;
 
-/// Migrations, in order; `MIGRATIONS[n]` brings the schema from version n to n + 1.
-const MIGRATIONS: &[&str] = &[r#"
-CREATE TABLE peers (
-    id TEXT PRIMARY KEY,
-    role TEXT NOT NULL CHECK (role IN ('agent', 'gateway')),
-    name TEXT NOT NULL,
-    address TEXT,
-    token_sha256 TEXT NOT NULL UNIQUE,
-    pin TEXT,
-    created_at BIGINT NOT NULL,
-    last_seen BIGINT,
-    disconnected_at BIGINT,
-    report TEXT,
-    UNIQUE (role, name)
-);
-CREATE TABLE routes (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    spec TEXT NOT NULL,
-    created_at BIGINT NOT NULL,
-    updated_at BIGINT NOT NULL
-);
-"#];
-
 /// Key of the advisory lock held while migrating.
 const MIGRATION_LOCK: i64 = 0x6b616b75_72656d69;
-
-const PEER_COLUMNS: &str =
-    "id, role, name, address, token_sha256, pin, created_at, last_seen, disconnected_at, report";
-const ROUTE_COLUMNS: &str = "id, name, spec, created_at, updated_at";
 
 /// Storage in a PostgreSQL database.
 pub struct PostgresStore {

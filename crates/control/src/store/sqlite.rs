@@ -6,37 +6,10 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use super::{
-    BoxFuture, Peer, RouteRow, SCHEMA_VERSION, StateData, Store, StoreError, role_from_str,
+    BoxFuture, MIGRATIONS, PEER_COLUMNS, Peer, ROUTE_COLUMNS, RouteRow, SCHEMA_VERSION, StateData,
+    Store, StoreError, role_from_str,
 };
 use crate::protocol::Role;
-
-/// Migrations, in order; `MIGRATIONS[n]` brings the schema from version n to n + 1.
-const MIGRATIONS: &[&str] = &[r#"
-CREATE TABLE peers (
-    id TEXT PRIMARY KEY,
-    role TEXT NOT NULL CHECK (role IN ('agent', 'gateway')),
-    name TEXT NOT NULL,
-    address TEXT,
-    token_sha256 TEXT NOT NULL UNIQUE,
-    pin TEXT,
-    created_at INTEGER NOT NULL,
-    last_seen INTEGER,
-    disconnected_at INTEGER,
-    report TEXT,
-    UNIQUE (role, name)
-);
-CREATE TABLE routes (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    spec TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL
-);
-"#];
-
-const PEER_COLUMNS: &str =
-    "id, role, name, address, token_sha256, pin, created_at, last_seen, disconnected_at, report";
-const ROUTE_COLUMNS: &str = "id, name, spec, created_at, updated_at";
 
 /// Storage in one SQLite file.
 pub struct SqliteStore {
