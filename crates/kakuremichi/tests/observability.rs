@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{KeepAlive, Origin, gateway_with_routes, get, metric, request};
+use common::{DEADLINE, KeepAlive, Origin, eventually, gateway_with_routes, get, metric, request};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_access_log_line_per_request_with_every_field() {
@@ -89,6 +89,58 @@ async fn one_access_log_line_per_request_with_every_field() {
             "a log line that is not JSON: {l}"
         );
     }
+}
+
+/// Log lines are written in batches by a background thread: a burst of requests answered
+/// just before SIGTERM still has every one of its access lines in the log after exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_access_line_is_written_before_exit() {
+    let origin = Origin::fixed("ok").await;
+    let mut gw = gateway_with_routes(&format!(
+        "[[routes]]\nname = \"app\"\nupstream = \"{}\"\n",
+        origin.url()
+    ))
+    .start()
+    .await;
+    const BURST: usize = 300;
+    for i in 0..BURST {
+        let id = format!("burst-{i}");
+        let r = request(
+            gw.http,
+            "GET",
+            "h",
+            "/",
+            &[("x-request-id", id.as_str())],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    gw.signal("TERM");
+    let status = gw.wait_exit(DEADLINE).await;
+    assert!(status.success(), "{status:?}");
+    let count = || {
+        gw.logs
+            .access()
+            .iter()
+            .filter(|l| {
+                l["request_id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with("burst-"))
+            })
+            .count()
+    };
+    // The test's reader of the gateway's stdout may still be draining the pipe.
+    let _ = eventually("all access lines read", Duration::from_secs(5), || {
+        let n = count();
+        async move { (n >= BURST).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        count(),
+        BURST,
+        "one access line per request, none lost at exit"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

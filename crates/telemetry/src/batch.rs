@@ -30,6 +30,8 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
+    /// Where batches go: stdout, or a test's buffer.
+    out: Mutex<Box<dyn Write + Send>>,
     /// The writer thread waits here for lines, or for close.
     lines: Condvar,
     /// Loggers wait here for room.
@@ -55,10 +57,15 @@ pub(crate) struct BatchGuard {
     thread: Option<JoinHandle<()>>,
 }
 
-/// Starts the writer thread. Without a thread (the system refused one) lines are written
-/// directly by the logging thread.
+/// Starts the writer thread for stdout. Without a thread (the system refused one) lines are
+/// written directly by the logging thread.
 pub(crate) fn start() -> (BatchWriter, BatchGuard) {
+    start_with(Box::new(io::stdout()))
+}
+
+fn start_with(out: Box<dyn Write + Send>) -> (BatchWriter, BatchGuard) {
     let shared = Arc::new(Shared {
+        out: Mutex::new(out),
         state: Mutex::new(State {
             pending: Vec::with_capacity(64 * 1024),
             closed: false,
@@ -106,7 +113,7 @@ fn write_batches(shared: &Shared) {
         std::mem::swap(&mut state.pending, &mut spare);
         drop(state);
         shared.room.notify_all();
-        write_out(&spare);
+        shared.write_out(&spare);
         spare.clear();
         if spare.capacity() > KEEP_CAPACITY {
             spare = Vec::with_capacity(64 * 1024);
@@ -114,11 +121,13 @@ fn write_batches(shared: &Shared) {
     }
 }
 
-/// Writes to stdout; a closed or failing stdout loses the lines (there is nowhere to say so).
-fn write_out(bytes: &[u8]) {
-    let mut out = io::stdout().lock();
-    let _ = out.write_all(bytes);
-    let _ = out.flush();
+impl Shared {
+    /// A closed or failing stdout loses the lines (there is nowhere to say so).
+    fn write_out(&self, bytes: &[u8]) {
+        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = out.write_all(bytes);
+        let _ = out.flush();
+    }
 }
 
 impl Write for BatchWriter {
@@ -133,7 +142,7 @@ impl Write for BatchWriter {
         }
         if state.closed {
             drop(state);
-            write_out(buf);
+            self.shared.write_out(buf);
             return Ok(buf.len());
         }
         let was_empty = state.pending.is_empty();
@@ -177,40 +186,96 @@ impl Drop for BatchGuard {
 mod tests {
     use super::*;
 
-    fn pending(writer: &BatchWriter) -> usize {
-        writer.shared.lock().pending.len()
+    /// A sink the test can read back.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    fn lines(n: usize) -> String {
+        (0..n).map(|i| format!("line {i}\n")).collect()
     }
 
     #[test]
-    fn lines_are_written_in_order_and_all_of_them_by_the_guard() {
-        let (writer, guard) = start();
+    fn the_guard_writes_every_waiting_line_in_order() {
+        let sink = Captured::default();
+        let (writer, guard) = start_with(Box::new(sink.clone()));
         let mut w = writer.make_writer();
-        for i in 0..1000 {
+        for i in 0..10_000 {
             w.write_all(format!("line {i}\n").as_bytes()).unwrap();
         }
         drop(guard);
-        assert_eq!(pending(&writer), 0, "the guard leaves nothing unwritten");
+        assert_eq!(sink.text(), lines(10_000));
     }
 
     #[test]
-    fn a_waiting_line_is_written_within_the_linger_time() {
-        let (writer, _guard) = start();
+    fn a_waiting_line_is_written_without_more_lines_or_the_guard() {
+        let sink = Captured::default();
+        let (writer, _guard) = start_with(Box::new(sink.clone()));
         writer.make_writer().write_all(b"one line\n").unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while pending(&writer) > 0 {
+        while sink.text().is_empty() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the line was not written"
             );
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(1));
         }
+        assert_eq!(sink.text(), "one line\n");
     }
 
     #[test]
     fn after_close_lines_are_written_directly() {
-        let (writer, guard) = start();
+        let sink = Captured::default();
+        let (writer, guard) = start_with(Box::new(sink.clone()));
         drop(guard);
         writer.make_writer().write_all(b"late line\n").unwrap();
-        assert_eq!(pending(&writer), 0);
+        assert_eq!(sink.text(), "late line\n");
+    }
+
+    #[test]
+    fn lines_from_many_threads_stay_whole() {
+        let sink = Captured::default();
+        let (writer, guard) = start_with(Box::new(sink.clone()));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let writer = writer.clone();
+                std::thread::spawn(move || {
+                    let mut w = writer.make_writer();
+                    for i in 0..2_000 {
+                        w.write_all(format!("thread {t} line {i}\n").as_bytes())
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        drop(guard);
+        let text = sink.text();
+        assert_eq!(text.lines().count(), 8_000);
+        for t in 0..4 {
+            let mine: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with(&format!("thread {t} ")))
+                .collect();
+            let want: Vec<String> = (0..2_000).map(|i| format!("thread {t} line {i}")).collect();
+            assert_eq!(mine, want, "thread {t}'s lines, whole and in order");
+        }
     }
 }
