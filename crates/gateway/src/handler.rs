@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use kakuremichi_config::net::canonical_ip;
@@ -526,18 +526,8 @@ async fn forward(
         }
         _ => {}
     }
-    if let Some(edits) = &config.headers {
-        for name in &edits.request_remove {
-            headers.remove(name.as_str());
-        }
-        for (name, value) in &edits.request_set {
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(value),
-            ) {
-                headers.insert(n, v);
-            }
-        }
+    if let Some(edits) = &route.header_edits {
+        edits.request.apply(&mut headers);
     }
 
     let slot = Arc::new(Mutex::new(Some(body)));
@@ -670,18 +660,8 @@ async fn forward(
     // The client connection has its own version; hyper downgrades for HTTP/1.0 clients.
     rparts.version = Version::HTTP_11;
     forward::strip_hop_by_hop(&mut rparts.headers, upgrading && switching);
-    if let Some(edits) = &config.headers {
-        for name in &edits.response_remove {
-            rparts.headers.remove(name.as_str());
-        }
-        for (name, value) in &edits.response_set {
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(value),
-            ) {
-                rparts.headers.insert(n, v);
-            }
-        }
+    if let Some(edits) = &route.header_edits {
+        edits.response.apply(&mut rparts.headers);
     }
     rparts
         .headers

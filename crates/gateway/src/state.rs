@@ -10,6 +10,7 @@ use kakuremichi_policy::{PolicyEnv, RoutePolicies};
 use kakuremichi_router::{RouteTable, RouteTableBuilder};
 use tokio_util::sync::CancellationToken;
 
+use crate::header_edits::RouteHeaderEdits;
 use crate::metrics::{Metrics, UpstreamLabel};
 use crate::upstream::health;
 use crate::upstream::pool::{ClientCache, HttpClient};
@@ -35,6 +36,8 @@ pub struct RouteRuntime {
     pub metrics: Arc<crate::metrics::RouteMetrics>,
     /// JWT, API keys, rate limit and CORS; `None` when the route has none of them.
     pub policies: Option<RoutePolicies>,
+    /// `[routes.headers]`, parsed; `None` when the route has none.
+    pub header_edits: Option<RouteHeaderEdits>,
 }
 
 /// Everything a request needs from the configuration.
@@ -123,6 +126,7 @@ impl Runtime {
                 client,
                 metrics: metrics.route(&route.name),
                 policies,
+                header_edits: route.headers.as_ref().map(RouteHeaderEdits::new),
             });
             if value.policies.is_some() {
                 // Fetch JWKS ahead of the first request; a failure is retried on demand.
