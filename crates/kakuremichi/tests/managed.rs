@@ -185,9 +185,9 @@ async fn routes_from_the_api_serve_within_a_second_directly_and_through_the_agen
         .control
         .proc
         .stdout
-        .lines()
+        .all()
         .into_iter()
-        .chain(s.control.proc.stderr.lines())
+        .chain(s.control.proc.stderr.all())
         .filter(|l| l.contains(&s.control.admin))
         .collect();
     assert_eq!(
@@ -516,7 +516,7 @@ async fn the_gateway_rides_out_a_control_outage_and_resyncs() {
         control
             .proc
             .stdout
-            .lines()
+            .all()
             .iter()
             .all(|l| !l.contains("admin token")),
         "the admin token is printed on the first start only"

@@ -67,6 +67,19 @@ pub fn free_port() -> u16 {
         .expect("bind 127.0.0.1:0")
 }
 
+/// A port number free on both TCP and UDP of 127.0.0.1 a moment ago (the tunnel listens
+/// on both).
+pub fn free_tunnel_port() -> u16 {
+    for _ in 0..50 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+        let port = udp.local_addr().expect("udp addr").port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free on both TCP and UDP");
+}
+
 /// A port nothing listens on (bound then closed): connections to it are refused.
 pub fn closed_port() -> u16 {
     free_port()
@@ -118,7 +131,7 @@ where
 pub struct Lines(Arc<Mutex<Vec<String>>>);
 
 impl Lines {
-    fn capture(stream: impl std::io::Read + Send + 'static) -> Lines {
+    pub fn capture(stream: impl std::io::Read + Send + 'static) -> Lines {
         let lines = Lines::default();
         let sink = lines.0.clone();
         std::thread::spawn(move || {
@@ -153,6 +166,36 @@ impl Lines {
             .into_iter()
             .filter(|v| v["target"] == "kakuremichi::access")
             .collect()
+    }
+
+    /// JSON log lines whose `message` contains `needle`.
+    pub fn messages_with(&self, needle: &str) -> Vec<Value> {
+        self.json()
+            .into_iter()
+            .filter(|v| v["message"].as_str().is_some_and(|m| m.contains(needle)))
+            .collect()
+    }
+
+    /// Waits for a JSON log line whose message contains `needle`.
+    pub async fn wait_message(&self, needle: &str) -> Value {
+        eventually(
+            &format!("a log line containing {needle:?}"),
+            DEADLINE,
+            || {
+                let found = self.messages_with(needle).into_iter().next();
+                async move { found }
+            },
+        )
+        .await
+    }
+
+    /// Waits for a plain line that contains `needle`.
+    pub async fn wait_line(&self, needle: &str) -> String {
+        eventually(&format!("a line containing {needle:?}"), DEADLINE, || {
+            let found = self.all().into_iter().find(|l| l.contains(needle));
+            async move { found }
+        })
+        .await
     }
 
     /// Waits for a JSON line that satisfies `pred`.

@@ -17,11 +17,9 @@
 #![allow(dead_code)]
 
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -59,78 +57,12 @@ impl Drop for Scratch {
     }
 }
 
-/// A port number free on both TCP and UDP of 127.0.0.1 a moment ago (the tunnel listens
-/// on both).
-pub fn free_tunnel_port() -> u16 {
-    for _ in 0..50 {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-        let port = udp.local_addr().expect("udp addr").port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free on both TCP and UDP");
-}
-
 // ---------------------------------------------------------------------------------------
 // Child processes
 
 /// Lines a child process writes, kept for the test.
-#[derive(Clone, Default)]
-pub struct Log(Arc<Mutex<Vec<String>>>);
-
-impl Log {
-    fn capture(stream: impl std::io::Read + Send + 'static) -> Log {
-        let log = Log::default();
-        let sink = log.0.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
-        log
-    }
-
-    pub fn lines(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-
-    pub fn text(&self) -> String {
-        self.lines().join("\n")
-    }
-
-    /// JSON log lines whose `message` contains `needle`.
-    pub fn messages_with(&self, needle: &str) -> Vec<Value> {
-        self.lines()
-            .iter()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["message"].as_str().is_some_and(|m| m.contains(needle)))
-            .collect()
-    }
-
-    /// Waits for a JSON log line whose message contains `needle`.
-    pub async fn wait_message(&self, needle: &str) -> Value {
-        eventually(
-            &format!("a log line containing {needle:?}"),
-            DEADLINE,
-            || {
-                let found = self.messages_with(needle).into_iter().next();
-                async move { found }
-            },
-        )
-        .await
-    }
-
-    /// Waits for a plain line that contains `needle`.
-    pub async fn wait_line(&self, needle: &str) -> String {
-        eventually(&format!("a line containing {needle:?}"), DEADLINE, || {
-            let found = self.lines().into_iter().find(|l| l.contains(needle));
-            async move { found }
-        })
-        .await
-    }
-}
+pub use crate::common::Lines as Log;
+pub use crate::common::free_tunnel_port;
 
 /// A running `kakuremichi` child (not a gateway: those use the shared harness).
 pub struct Proc {

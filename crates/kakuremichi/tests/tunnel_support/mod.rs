@@ -17,7 +17,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -34,7 +33,7 @@ use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::common::{self, BIN, DEADLINE, Gateway, GenBody, eventually, hex, pattern};
+use crate::common::{self, BIN, DEADLINE, Gateway, GenBody, hex, pattern};
 
 /// The agent name every test uses, and its token.
 pub const AGENT: &str = "home";
@@ -148,72 +147,12 @@ impl TunnelGateway {
     }
 }
 
-/// A port number free on both TCP and UDP of 127.0.0.1 a moment ago.
-pub fn free_tunnel_port() -> u16 {
-    for _ in 0..50 {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-        let port = udp.local_addr().expect("udp addr").port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free on both TCP and UDP");
-}
-
 // ---------------------------------------------------------------------------------------
 // Agents
 
 /// Lines a child process writes, kept for the test.
-#[derive(Clone, Default)]
-pub struct Log(Arc<Mutex<Vec<String>>>);
-
-impl Log {
-    pub fn capture(stream: impl std::io::Read + Send + 'static) -> Log {
-        let log = Log::default();
-        let sink = log.0.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
-        log
-    }
-
-    pub fn text(&self) -> String {
-        self.0.lock().unwrap().join("\n")
-    }
-
-    pub fn json(&self) -> Vec<Value> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(Value::is_object)
-            .collect()
-    }
-
-    /// Log lines whose message contains `needle`.
-    pub fn messages_with(&self, needle: &str) -> Vec<Value> {
-        self.json()
-            .into_iter()
-            .filter(|v| v["message"].as_str().is_some_and(|m| m.contains(needle)))
-            .collect()
-    }
-
-    pub async fn wait_message(&self, needle: &str) -> Value {
-        eventually(
-            &format!("a log line containing {needle:?}"),
-            DEADLINE,
-            || {
-                let found = self.messages_with(needle).into_iter().next();
-                async move { found }
-            },
-        )
-        .await
-    }
-}
+pub use crate::common::Lines as Log;
+pub use crate::common::free_tunnel_port;
 
 /// A running `kakuremichi agent`.
 pub struct AgentProc {
