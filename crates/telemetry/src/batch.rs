@@ -43,6 +43,13 @@ impl Shared {
         // A logger that panicked mid-append leaves whole lines or a cut one; keep logging.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// A closed or failing stdout loses the lines (there is nowhere to say so).
+    fn write_out(&self, bytes: &[u8]) {
+        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = out.write_all(bytes);
+        let _ = out.flush();
+    }
 }
 
 /// The `MakeWriter` handed to `tracing_subscriber`; every event is one `write` call.
@@ -118,15 +125,6 @@ fn write_batches(shared: &Shared) {
         if spare.capacity() > KEEP_CAPACITY {
             spare = Vec::with_capacity(64 * 1024);
         }
-    }
-}
-
-impl Shared {
-    /// A closed or failing stdout loses the lines (there is nowhere to say so).
-    fn write_out(&self, bytes: &[u8]) {
-        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
-        let _ = out.write_all(bytes);
-        let _ = out.flush();
     }
 }
 
