@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::ports::{free_port, free_tcp_udp_port};
+
 struct Kill(Child);
 
 impl Drop for Kill {
@@ -37,17 +39,30 @@ pub struct Pebble {
     pub ca_der: Vec<u8>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 impl Pebble {
     /// Starts both; HTTP-01 is validated on `http_port`, TLS-ALPN-01 on `tls_port`, and
     /// certificates are valid for `validity` seconds (Pebble's default when `None`).
+    /// A start that loses one of its ports to another process (one of them exits before
+    /// listening) is tried again on fresh ports, three times at most.
     pub async fn start(http_port: u16, tls_port: u16, validity: Option<u64>) -> Pebble {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Self::try_start(http_port, tls_port, validity).await {
+                Ok(pebble) => return pebble,
+                Err(logs) => failures.push(logs),
+            }
+        }
+        panic!(
+            "pebble did not start in three tries:\n{}",
+            failures.join("\n----\n")
+        );
+    }
+
+    async fn try_start(
+        http_port: u16,
+        tls_port: u16,
+        validity: Option<u64>,
+    ) -> Result<Pebble, String> {
         for bin in ["/usr/bin/pebble", "/usr/bin/pebble-challtestsrv"] {
             assert!(
                 Path::new(bin).exists(),
@@ -80,7 +95,7 @@ impl Pebble {
         std::fs::write(dir.join("pebble.key"), leaf_key.serialize_pem()).expect("write key");
 
         let (acme_port, mgmt_port, dns_port, ct_port) =
-            (free_port(), free_port(), free_port(), free_port());
+            (free_port(), free_port(), free_tcp_udp_port(), free_port());
         let mut config = serde_json::json!({ "pebble": {
             "listenAddress": format!("127.0.0.1:{acme_port}"),
             "managementListenAddress": format!("127.0.0.1:{mgmt_port}"),
@@ -125,7 +140,7 @@ impl Pebble {
                 .expect("start pebble"),
         );
         let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-        let started = Pebble {
+        let mut started = Pebble {
             _pebble: pebble,
             _challtest: challtest,
             directory: format!("https://127.0.0.1:{acme_port}/dir"),
@@ -138,15 +153,24 @@ impl Pebble {
         let deadline = Instant::now() + Duration::from_secs(15);
         for a in [addr(acme_port), started.mgmt, started.challtest_mgmt] {
             while TcpStream::connect(a).await.is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "pebble did not listen on {a} within 15 s\n{}",
-                    started.logs()
-                );
+                let exited = [&mut started._pebble.0, &mut started._challtest.0]
+                    .into_iter()
+                    .any(|child| !matches!(child.try_wait(), Ok(None)));
+                if exited || Instant::now() >= deadline {
+                    return Err(format!(
+                        "pebble did not listen on {a} ({}):\n{}",
+                        if exited {
+                            "a process exited"
+                        } else {
+                            "15 s passed"
+                        },
+                        started.logs()
+                    ));
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        started
+        Ok(started)
     }
 
     /// Pebble's folder (config, certificates, logs).

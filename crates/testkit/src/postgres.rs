@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::ports::free_port;
+
 pub struct Postgres {
     dir: PathBuf,
     bin: PathBuf,
@@ -35,13 +37,6 @@ fn is_root() -> bool {
         .output()
         .ok()
         .is_some_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// Prints why `who` (the tests that wanted the cluster) are skipped, loudly.

@@ -61,23 +61,13 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    kakuremichi_testkit::ports::free_port()
 }
 
 /// A port number free on both TCP and UDP of 127.0.0.1 a moment ago (the tunnel listens
 /// on both).
 pub fn free_tunnel_port() -> u16 {
-    for _ in 0..50 {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-        let port = udp.local_addr().expect("udp addr").port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free on both TCP and UDP");
+    kakuremichi_testkit::ports::free_tcp_udp_port()
 }
 
 /// A port nothing listens on (bound then closed): connections to it are refused.

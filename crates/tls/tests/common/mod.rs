@@ -68,14 +68,7 @@ impl Drop for TempDir {
 
 /// A port free on 127.0.0.1 for both TCP and UDP (DNS listens on both).
 pub fn free_port() -> u16 {
-    for _ in 0..50 {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-        let port = udp.local_addr().expect("addr").port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port");
+    kakuremichi_testkit::ports::free_tcp_udp_port()
 }
 
 /// Retries `check` until it returns `Some` or `limit` passes.
