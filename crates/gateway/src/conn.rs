@@ -1,5 +1,6 @@
-//! One client connection: the header-read deadline (408 and close), HTTP/1.1 serving with
-//! upgrades, and graceful shutdown on drain.
+//! One client connection: the header-read deadline (408 and close), the gateway's own
+//! answer in place of the HTTP parser's bare one for an unreadable head, and what an open
+//! connection holds until it closes.
 
 use std::io;
 use std::net::SocketAddr;
@@ -9,11 +10,14 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use http::StatusCode;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
 use tokio_util::task::task_tracker::TaskTrackerToken;
+
+use crate::head_reject::{self, HeadRejects};
 
 const AWAITING_HEAD: u8 = 0;
 const IN_REQUEST: u8 = 1;
@@ -72,22 +76,17 @@ impl ConnPhase {
     }
 }
 
-const TIMEOUT_BODY: &str = "{\"error\":\"request_timeout\",\"message\":\"the request head was not received in time\",\"request_id\":\"\"}\n";
-
-fn timeout_response() -> Vec<u8> {
-    format!(
-        "HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{TIMEOUT_BODY}",
-        TIMEOUT_BODY.len()
-    )
-    .into_bytes()
-}
+/// How much of the request line is kept for the access line of a rejected head.
+const REQUEST_LINE_KEPT: usize = 256;
 
 /// Watches the bytes of a request head as they are read, for the one thing hyper does not
 /// pass on: a head with both `Content-Length` and `Transfer-Encoding` (hyper drops one of
-/// them and goes on). Stops at the blank line that ends the head.
-#[derive(Default)]
+/// them and goes on). Keeps the start of the request line, for the access line of a head
+/// that is rejected. Stops at the blank line that ends the head.
 struct HeadScan {
     done: bool,
+    request_line: [u8; REQUEST_LINE_KEPT],
+    request_line_len: usize,
     /// Non-empty lines so far (the request line is the first).
     lines: u32,
     line_len: usize,
@@ -98,7 +97,28 @@ struct HeadScan {
     transfer_encoding: bool,
 }
 
+impl Default for HeadScan {
+    fn default() -> Self {
+        HeadScan {
+            done: false,
+            request_line: [0; REQUEST_LINE_KEPT],
+            request_line_len: 0,
+            lines: 0,
+            line_len: 0,
+            in_name: false,
+            name: [0; 17],
+            name_len: 0,
+            content_length: false,
+            transfer_encoding: false,
+        }
+    }
+}
+
 impl HeadScan {
+    fn request_line(&self) -> &[u8] {
+        &self.request_line[..self.request_line_len]
+    }
+
     /// Feeds bytes; true once the head ended with both framing headers in it.
     fn feed(&mut self, bytes: &[u8]) -> bool {
         for &b in bytes {
@@ -123,6 +143,10 @@ impl HeadScan {
                         self.in_name = self.lines > 0;
                     }
                     self.line_len += 1;
+                    if self.lines == 0 && self.request_line_len < REQUEST_LINE_KEPT {
+                        self.request_line[self.request_line_len] = b;
+                        self.request_line_len += 1;
+                    }
                     if !self.in_name {
                         continue;
                     }
@@ -149,6 +173,8 @@ pin_project_lite::pin_project! {
     /// The client socket as hyper sees it. While a request head is awaited, reading is
     /// bounded by `header_timeout`: when it passes, a 408 is written (unless an idle
     /// kept-alive connection had not started a new request) and the read side reports EOF.
+    /// When hyper answers a head it cannot parse (400, 414, 431), the gateway's own answer
+    /// is written instead of hyper's.
     pub struct ConnIo<S> {
         #[pin]
         inner: S,
@@ -159,11 +185,14 @@ pin_project_lite::pin_project! {
         head_bytes: usize,
         scan: HeadScan,
         timed_out: bool,
+        rejects: HeadRejects,
+        // hyper's answer was replaced: what it writes after it goes nowhere.
+        replaced: bool,
     }
 }
 
 impl<S> ConnIo<S> {
-    pub fn new(inner: S, phase: Arc<ConnPhase>, timeout: Duration) -> Self {
+    pub fn new(inner: S, phase: Arc<ConnPhase>, timeout: Duration, rejects: HeadRejects) -> Self {
         let deadline = phase.opened + timeout;
         ConnIo {
             inner,
@@ -174,7 +203,39 @@ impl<S> ConnIo<S> {
             head_bytes: 0,
             scan: HeadScan::default(),
             timed_out: false,
+            rejects,
+            replaced: false,
         }
+    }
+}
+
+impl<S: AsyncWrite> ConnIo<S> {
+    /// When `first` starts hyper's own answer to a head it could not parse, writes the
+    /// gateway's answer instead (best effort, like the 408) and returns true.
+    fn replace_parser_answer(self: Pin<&mut Self>, cx: &mut Context<'_>, first: &[u8]) -> bool {
+        let this = self.project();
+        if *this.replaced {
+            return true;
+        }
+        let phase = &this.phase;
+        let head_pending = *this.head_bytes > 0
+            && phase.phase.load(Ordering::Acquire) == AWAITING_HEAD
+            && *this.armed_for == Some(phase.generation.load(Ordering::Acquire));
+        if !head_pending {
+            return false;
+        }
+        let Some(status) = head_reject::parser_answer(first, &this.rejects.request_id_header)
+        else {
+            return false;
+        };
+        *this.replaced = true;
+        let answer = this
+            .rejects
+            .answer(status, this.scan.request_line(), *this.head_bytes as u64);
+        let mut inner = this.inner;
+        let _ = inner.as_mut().poll_write(cx, &answer);
+        let _ = inner.as_mut().poll_flush(cx);
+        true
     }
 }
 
@@ -202,9 +263,14 @@ impl<S: AsyncRead + AsyncWrite> AsyncRead for ConnIo<S> {
             if this.sleep.as_mut().poll(cx).is_ready() {
                 *this.timed_out = true;
                 if since == 0 || *this.head_bytes > 0 {
+                    let answer = this.rejects.answer(
+                        StatusCode::REQUEST_TIMEOUT,
+                        this.scan.request_line(),
+                        *this.head_bytes as u64,
+                    );
                     // Best effort: the socket is idle on our side, so a small write goes
                     // straight into the kernel buffer.
-                    let _ = this.inner.as_mut().poll_write(cx, &timeout_response());
+                    let _ = this.inner.as_mut().poll_write(cx, &answer);
                     let _ = this.inner.as_mut().poll_flush(cx);
                 }
                 tracing::debug!("closing a connection whose request head did not arrive in time");
@@ -225,17 +291,27 @@ impl<S: AsyncRead + AsyncWrite> AsyncRead for ConnIo<S> {
 
 impl<S: AsyncWrite> AsyncWrite for ConnIo<S> {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.as_mut().replace_parser_answer(cx, buf) {
+            return Poll::Ready(Ok(buf.len()));
+        }
         self.project().inner.poll_write(cx, buf)
     }
     fn poll_write_vectored(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
+        if self.as_mut().replace_parser_answer(cx, first) {
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+        }
         self.project().inner.poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {

@@ -216,9 +216,14 @@ impl Ctx {
             Some(record),
             Some(self.conn.phase.clone()),
         ));
-        response.headers_mut().insert(
+        let headers = response.headers_mut();
+        headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/octet-stream"),
+        );
+        headers.insert(
+            self.rt.settings.request_id_header.clone(),
+            self.request_id.clone(),
         );
         Some(response)
     }

@@ -13,6 +13,7 @@ mod conn;
 mod error;
 mod forward;
 mod handler;
+mod head_reject;
 mod header_edits;
 mod listener;
 mod metrics;

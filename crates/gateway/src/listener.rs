@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use kakuremichi_config::net::canonical_ip;
 use kakuremichi_tls::LogBudget;
 use rustls::server::Acceptor;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -18,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::conn::{ConnHold, ConnInfo, ConnIo, ConnPhase};
 use crate::handler::{self, Shared};
+use crate::head_reject::HeadRejects;
 
 /// Lines about failed TLS handshakes: anyone can cause them, so only a few per minute are
 /// written (with a count of those left out).
@@ -158,11 +160,20 @@ async fn serve_http1<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (header_timeout, max_header_size) = {
+    let (header_timeout, max_header_size, request_id_header) = {
         let rt = shared.runtime.load();
-        (rt.settings.header_timeout, rt.settings.max_header_size)
+        (
+            rt.settings.header_timeout,
+            rt.settings.max_header_size,
+            rt.settings.request_id_header.clone(),
+        )
     };
     let Conn { peer, local, hold } = conn;
+    let rejects = HeadRejects {
+        request_id_header,
+        client_ip: canonical_ip(peer.ip()),
+        metrics: shared.unrouted.clone(),
+    };
     let phase = ConnPhase::new();
     let info = Arc::new(ConnInfo {
         peer,
@@ -171,7 +182,7 @@ async fn serve_http1<S>(
         phase: phase.clone(),
         hold,
     });
-    let io = TokioIo::new(ConnIo::new(stream, phase, header_timeout));
+    let io = TokioIo::new(ConnIo::new(stream, phase, header_timeout, rejects));
     let service_shared = shared.clone();
     let service = hyper::service::service_fn(move |req| {
         handler::handle(service_shared.clone(), info.clone(), req)

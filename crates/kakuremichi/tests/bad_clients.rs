@@ -42,6 +42,27 @@ async fn still_serving(gw: &mut Gateway) {
     .await;
 }
 
+/// An answer the gateway wrote itself: JSON `{error, message, request_id}` with `code`, the
+/// request id header matching the body, `connection: close`, and an access-log line with
+/// that id and status.
+async fn assert_own_answer(gw: &Gateway, r: &common::RawResp, status: u16, code: &str) {
+    assert_eq!(r.status, status);
+    let id = r
+        .header("x-request-id")
+        .unwrap_or_else(|| panic!("no x-request-id on the {status}: {:?}", r.headers))
+        .to_string();
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("connection"), Some("close"));
+    let body: serde_json::Value = serde_json::from_slice(&r.body)
+        .unwrap_or_else(|e| panic!("the {status} body is not JSON ({e}): {:?}", r.body));
+    assert_eq!(body["error"], code);
+    assert_eq!(body["request_id"], id.as_str());
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    let line = gw.logs.wait_access(&id).await;
+    assert_eq!(line["status"], status);
+    assert_eq!(line["error"], code);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_over_max_header_size_gets_431() {
     let (_o, mut gw) = start("max_header_size = \"16KiB\"").await;
@@ -71,7 +92,7 @@ async fn a_head_over_max_header_size_gets_431() {
             .read_response(Duration::from_secs(10), false)
             .await
             .expect("a 431 response, not a reset");
-        assert_eq!(r.status, 431);
+        assert_own_answer(&gw, &r, 431, "header_too_large").await;
         assert!(c.closed_within(Duration::from_secs(5)).await);
     }
     still_serving(&mut gw).await;
@@ -90,7 +111,7 @@ async fn a_slowloris_connection_gets_408_and_is_closed() {
         .await
         .expect("a 408 response");
     let took = started.elapsed();
-    assert_eq!(r.status, 408);
+    assert_own_answer(&gw, &r, 408, "request_timeout").await;
     assert!(
         took >= Duration::from_millis(900) && took < Duration::from_secs(4),
         "408 after {took:?}"
@@ -234,6 +255,7 @@ async fn malformed_requests_get_400_and_the_gateway_keeps_serving() {
             .await
             .unwrap_or_else(|| panic!("no answer to {:?}", String::from_utf8_lossy(case)));
         assert_eq!(r.status, 400, "{:?}", String::from_utf8_lossy(case));
+        assert_own_answer(&gw, &r, 400, "bad_request").await;
         assert!(
             c.closed_within(Duration::from_secs(5)).await,
             "connection left open after {:?}",
@@ -241,6 +263,17 @@ async fn malformed_requests_get_400_and_the_gateway_keeps_serving() {
         );
         still_serving(&mut gw).await;
     }
+    // A request line too long for the parser.
+    let mut c = RawConn::connect(gw.http).await;
+    c.send(format!("GET /{} HTTP/1.1\r\nHost: h\r\n\r\n", "u".repeat(70_000)).as_bytes())
+        .await;
+    let r = c
+        .read_response(Duration::from_secs(5), false)
+        .await
+        .expect("an answer to a 70 000-byte request line");
+    assert!(r.status == 414 || r.status == 431, "{}", r.status);
+    assert!(r.header("x-request-id").is_some());
+    assert!(c.closed_within(Duration::from_secs(5)).await);
     // Bytes that are not HTTP at all (a TLS ClientHello on the plain port).
     let mut c = RawConn::connect(gw.http).await;
     c.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
