@@ -354,6 +354,8 @@ impl Drop for ConnHold {
 /// Facts about the connection a request arrived on.
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's address as the forwarding headers carry it, made once.
+    pub peer_text: http::HeaderValue,
     pub local: SocketAddr,
     pub https: bool,
     pub phase: Arc<ConnPhase>,

@@ -44,6 +44,10 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
 /// Removes hop-by-hop headers, including those the `Connection` header names. With
 /// `keep_upgrade`, the upgrade handshake headers are put back as `Connection: upgrade`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages have none: one pass over the names is cheaper than eight removals.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(&name)) {
+        return;
+    }
     let upgrade = if keep_upgrade {
         headers.get(header::UPGRADE).cloned()
     } else {
@@ -96,9 +100,17 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, proxies: &[Cidr]) -> IpAddr 
     candidate
 }
 
+/// The text of an address as the forwarding headers carry it (IPv4-mapped IPv6 as IPv4).
+pub fn ip_text(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&canonical_ip(ip).to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 /// What the forwarding headers are made from.
 pub struct ForwardedFacts<'a> {
     pub peer: IpAddr,
+    /// [`ip_text`] of `peer`, made once per connection.
+    pub peer_text: &'a HeaderValue,
     pub client: IpAddr,
     pub peer_trusted: bool,
     pub https: bool,
@@ -110,27 +122,30 @@ pub struct ForwardedFacts<'a> {
 /// `X-Forwarded-*` values are replaced; a trusted proxy's `X-Forwarded-For` is extended and
 /// its other `X-Forwarded-*` values are kept.
 pub fn set_forwarded(headers: &mut HeaderMap, facts: &ForwardedFacts<'_>) {
-    let peer = canonical_ip(facts.peer).to_string();
-    let xff = if facts.peer_trusted {
-        let previous: Vec<&str> = headers
+    let previous: Vec<&str> = if facts.peer_trusted {
+        headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .collect();
-        if previous.is_empty() {
-            peer
-        } else {
-            format!("{}, {peer}", previous.join(", "))
-        }
+            .collect()
     } else {
-        peer
+        Vec::new()
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    let xff = if previous.is_empty() {
+        Some(facts.peer_text.clone())
+    } else {
+        let peer = facts.peer_text.to_str().unwrap_or("unknown");
+        HeaderValue::from_str(&format!("{}, {peer}", previous.join(", "))).ok()
+    };
+    if let Some(v) = xff {
         headers.insert(&X_FORWARDED_FOR, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&facts.client.to_string()) {
-        headers.insert(&X_REAL_IP, v);
-    }
+    let real_ip = if facts.client == canonical_ip(facts.peer) {
+        facts.peer_text.clone()
+    } else {
+        ip_text(facts.client)
+    };
+    headers.insert(&X_REAL_IP, real_ip);
     let keep =
         |headers: &HeaderMap, name: &HeaderName| facts.peer_trusted && headers.contains_key(name);
     if !keep(headers, &X_FORWARDED_PROTO) {
@@ -208,6 +223,7 @@ mod tests {
             &mut h,
             &ForwardedFacts {
                 peer,
+                peer_text: &ip_text(peer),
                 client,
                 peer_trusted: false,
                 https: false,
@@ -233,6 +249,7 @@ mod tests {
             &mut h,
             &ForwardedFacts {
                 peer,
+                peer_text: &ip_text(peer),
                 client,
                 peer_trusted: true,
                 https: true,

@@ -513,6 +513,7 @@ async fn forward(
         &mut headers,
         &ForwardedFacts {
             peer: peer_ip,
+            peer_text: &ctx.conn.peer_text,
             client: ctx.client_ip,
             peer_trusted: settings.trusted_proxies.iter().any(|c| c.contains(peer_ip)),
             https: ctx.conn.https,

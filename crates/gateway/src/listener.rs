@@ -177,6 +177,7 @@ async fn serve_http1<S>(
     let phase = ConnPhase::new();
     let info = Arc::new(ConnInfo {
         peer,
+        peer_text: crate::forward::ip_text(peer.ip()),
         local,
         https,
         phase: phase.clone(),
@@ -218,6 +219,7 @@ where
     let Conn { peer, local, hold } = conn;
     let info = Arc::new(ConnInfo {
         peer,
+        peer_text: crate::forward::ip_text(peer.ip()),
         local,
         https: true,
         hold,

@@ -29,7 +29,7 @@ impl JsonLine<'_> {
     /// An unsigned integer field.
     pub fn u64(&mut self, key: &str, value: u64) -> &mut Self {
         self.key(key);
-        let _ = write!(self.buf, "{value}");
+        push_u64(self.buf, value);
         self.end()
     }
 
@@ -43,17 +43,28 @@ impl JsonLine<'_> {
     /// Milliseconds with three decimals, from a count of microseconds (`1234` → `1.234`).
     pub fn millis(&mut self, key: &str, micros: u64) -> &mut Self {
         self.key(key);
-        let _ = write!(self.buf, "{}.{:03}", micros / 1000, micros % 1000);
+        push_u64(self.buf, micros / 1000);
+        self.buf.push('.');
+        let fraction = micros % 1000;
+        for digit in [fraction / 100, fraction / 10 % 10, fraction % 10] {
+            self.buf.push(char::from(b'0' + digit as u8));
+        }
         self.end()
     }
 
     /// A field whose value is written by `Display` and then escaped as a string.
     pub fn display(&mut self, key: &str, value: impl std::fmt::Display) -> &mut Self {
         self.key(key);
+        self.buf.push('"');
         let start = self.buf.len();
         let _ = write!(self.buf, "{value}");
-        let raw = self.buf.split_off(start);
-        escape_into(self.buf, &raw);
+        if self.buf[start..].bytes().any(needs_escape) {
+            let raw = self.buf.split_off(start);
+            self.buf.pop();
+            escape_into(self.buf, &raw);
+        } else {
+            self.buf.push('"');
+        }
         self.end()
     }
 
@@ -110,9 +121,30 @@ pub(crate) fn write_info(writer: &BatchWriter, target: &str, fields: impl FnOnce
 }
 
 /// `"value"` with `"`, `\` and control characters escaped.
+/// Decimal digits of `value`, without the formatting machinery (this runs per request).
+fn push_u64(out: &mut String, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
+}
+
+fn needs_escape(b: u8) -> bool {
+    b == b'"' || b == b'\\' || b < b' '
+}
+
 fn escape_into(out: &mut String, value: &str) {
     out.push('"');
-    if !value.bytes().any(|b| b == b'"' || b == b'\\' || b < b' ') {
+    if !value.bytes().any(needs_escape) {
         out.push_str(value);
         out.push('"');
         return;
@@ -152,16 +184,22 @@ mod tests {
             serde_json::from_str(&format!("{{{out}\"end\":0}}")).unwrap();
         assert_eq!(value["path"], "/a\"b\\c\n\u{1}é");
         assert_eq!(value["n"], 42);
+        assert_eq!(value["zero"], 0);
+        assert_eq!(value["max"], u64::MAX);
         assert_eq!(value["ms"].as_f64(), Some(1.005));
         assert_eq!(value["ok"], false);
         assert_eq!(value["ip"], "::1");
+        assert_eq!(value["shown"], "say \"hi\"\n");
     }
 
     fn out_object(line: &mut JsonLine) {
         line.str("path", "/a\"b\\c\n\u{1}é")
             .u64("n", 42)
+            .u64("zero", 0)
+            .u64("max", u64::MAX)
             .millis("ms", 1005)
             .bool("ok", false)
-            .display("ip", std::net::Ipv6Addr::LOCALHOST);
+            .display("ip", std::net::Ipv6Addr::LOCALHOST)
+            .display("shown", "say \"hi\"\n");
     }
 }
