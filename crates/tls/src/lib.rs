@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+mod accept_any;
 mod acme;
 mod certs;
 mod der;
@@ -35,6 +36,7 @@ mod http_client;
 mod log_budget;
 mod store;
 
+pub use accept_any::AcceptAnyCertificate;
 pub use acme::{AcmeManager, AcmeSettings, Challenge, DnsSettings, LETS_ENCRYPT_DIRECTORY};
 pub use error::TlsError;
 pub use http_client::HttpError;

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::{TempDir, init_logs, serve_tls};
-use kakuremichi_testkit::tls::AcceptAnyCert;
+use kakuremichi_tls::AcceptAnyCertificate;
 use kakuremichi_tls::{CertSource, CertStore, StaticCert, TlsError};
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
@@ -44,7 +44,7 @@ async fn connect(
         .with_protocol_versions(versions)
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
         .with_no_client_auth();
     config.alpn_protocols = hello.alpn.iter().map(|p| p.to_vec()).collect();
     let name = match hello.sni {

@@ -25,7 +25,7 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use kakuremichi_testkit::tls::AcceptAnyCert;
+use kakuremichi_tls::AcceptAnyCertificate;
 
 use crate::common::{BIN, metric};
 
@@ -469,7 +469,7 @@ pub fn client_config(
             .with_no_client_auth(),
         Trust::Any => builder
             .dangerous()
-            .with_custom_certificate_verifier(AcceptAnyCert::ring())
+            .with_custom_certificate_verifier(AcceptAnyCertificate::ring())
             .with_no_client_auth(),
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();

@@ -1,6 +1,6 @@
-//! A TLS client verifier for tests that look at which certificate a server presents rather
-//! than whether it is trusted: every certificate is accepted, handshake signatures are
-//! still checked.
+//! A TLS client verifier that accepts every server certificate but still checks handshake
+//! signatures: the gateway's `tls_verify = false` upstreams, and tests that look at which
+//! certificate a server presents rather than whether it is trusted.
 
 use std::sync::Arc;
 
@@ -11,18 +11,18 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 
 /// Accepts any server certificate; checks signatures with `provider`'s algorithms.
 #[derive(Debug)]
-pub struct AcceptAnyCert(pub Arc<CryptoProvider>);
+pub struct AcceptAnyCertificate(pub Arc<CryptoProvider>);
 
-impl AcceptAnyCert {
+impl AcceptAnyCertificate {
     /// With ring's algorithms.
-    pub fn ring() -> Arc<AcceptAnyCert> {
-        Arc::new(AcceptAnyCert(Arc::new(
+    pub fn ring() -> Arc<AcceptAnyCertificate> {
+        Arc::new(AcceptAnyCertificate(Arc::new(
             rustls::crypto::ring::default_provider(),
         )))
     }
 }
 
-impl ServerCertVerifier for AcceptAnyCert {
+impl ServerCertVerifier for AcceptAnyCertificate {
     fn verify_server_cert(
         &self,
         _end_entity: &CertificateDer<'_>,
