@@ -24,6 +24,7 @@ mod tls_setup;
 mod tunnel_setup;
 mod upgrade;
 mod upstream;
+mod workers;
 
 pub use server::{BoundAddrs, Gateway, GatewayError, ReloadHandle};
 pub use state::BuildError;

@@ -27,12 +27,24 @@ static HANDSHAKE_LOG: LogBudget = LogBudget::new(30, 60);
 
 /// One listening socket and what it speaks.
 pub struct Listener {
-    pub socket: TcpListener,
+    /// Not yet tied to a runtime: every serving thread accepts on its own duplicate.
+    pub socket: std::net::TcpListener,
     /// `Some` for the https listener.
     pub tls: Option<TlsAcceptor>,
 }
 
-/// Accepts until `shutdown`; every connection task is tracked for the drain.
+impl Listener {
+    /// Another handle on the same listening socket, for another serving thread.
+    pub fn try_clone(&self) -> std::io::Result<Listener> {
+        Ok(Listener {
+            socket: self.socket.try_clone()?,
+            tls: self.tls.clone(),
+        })
+    }
+}
+
+/// Accepts until `shutdown`; every connection task is tracked for the drain. Runs on a
+/// serving thread, whose runtime the socket is registered with.
 pub async fn accept_loop(
     listener: Listener,
     shared: Arc<Shared>,
@@ -40,10 +52,17 @@ pub async fn accept_loop(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let socket = match TcpListener::from_std(listener.socket) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch a listening socket on a serving thread; this thread serves no connections");
+            return;
+        }
+    };
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = listener.socket.accept() => r,
+            r = socket.accept() => r,
         };
         let (stream, peer) = match accepted {
             Ok(pair) => pair,

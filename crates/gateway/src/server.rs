@@ -21,6 +21,7 @@ use crate::state::{BuildError, Runtime};
 use crate::tls_setup::TlsRuntime;
 use crate::upstream::pool::ClientCache;
 use crate::upstream::tls::TlsSetupError;
+use crate::workers::Workers;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -39,6 +40,10 @@ pub enum GatewayError {
     ServerTls(#[from] crate::tls_setup::ServerTlsError),
     #[error(transparent)]
     Tunnel(#[from] crate::tunnel_setup::TunnelSetupError),
+    #[error(
+        "cannot start the serving threads: {0}; is the process out of threads or file descriptors?"
+    )]
+    Workers(#[source] std::io::Error),
 }
 
 /// Addresses the gateway actually listens on (useful with port 0).
@@ -137,6 +142,21 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Gatew
         .map_err(|source| GatewayError::Bind { what, addr, source })
 }
 
+/// A client listener, handed to the serving threads as a plain (non-blocking) socket.
+async fn bind_client(
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<std::net::TcpListener, GatewayError> {
+    let socket = bind(what, addr)
+        .await?
+        .into_std()
+        .map_err(|source| GatewayError::Bind { what, addr, source })?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|source| GatewayError::Bind { what, addr, source })?;
+    Ok(socket)
+}
+
 impl Gateway {
     /// Validates what the configuration needs at run time and binds the listeners.
     pub async fn bind(config: &GatewayConfig) -> Result<Gateway, GatewayError> {
@@ -146,7 +166,11 @@ impl Gateway {
             None => None,
         };
         let registry = tunnel.as_ref().map(|t| t.registry());
-        let clients = ClientCache::new(config.settings.ca_roots.as_deref(), registry.clone())?;
+        let clients = ClientCache::new(
+            config.settings.ca_roots.as_deref(),
+            registry.clone(),
+            crate::workers::count(),
+        )?;
         let policy_env = kakuremichi_policy::PolicyEnv::new(config.settings.ca_roots.as_deref())
             .map_err(BuildError::Policy)?;
         let runtime = Runtime::build(config, &clients, &metrics, &policy_env)?;
@@ -182,12 +206,12 @@ impl Gateway {
             admin: None,
         };
         if let Some(a) = config.settings.http {
-            let socket = bind("http", a).await?;
+            let socket = bind_client("http", a).await?;
             addrs.http = socket.local_addr().ok();
             listeners.push(Listener { socket, tls: None });
         }
         if let (Some(a), Some(tls)) = (config.settings.https, &tls) {
-            let socket = bind("https", a).await?;
+            let socket = bind_client("https", a).await?;
             addrs.https = socket.local_addr().ok();
             listeners.push(Listener {
                 socket,
@@ -253,15 +277,28 @@ impl Gateway {
         let limit = Arc::new(Semaphore::new(
             self.shared.runtime.load().settings.max_connections,
         ));
-        for listener in self.listeners {
-            tracker.spawn(accept_loop(
-                listener,
-                self.shared.clone(),
-                limit.clone(),
-                shutdown.clone(),
-                tracker.clone(),
-            ));
+        // Every serving thread accepts on its own handle of each listener.
+        let mut work = Vec::new();
+        for _ in 0..self.shared.clients.workers() {
+            let mut loops = Vec::new();
+            for listener in &self.listeners {
+                let copy = listener.try_clone().map_err(GatewayError::Workers)?;
+                loops.push(tracker.track_future(accept_loop(
+                    copy,
+                    self.shared.clone(),
+                    limit.clone(),
+                    shutdown.clone(),
+                    tracker.clone(),
+                )));
+            }
+            work.push(async move {
+                for accept in loops {
+                    tokio::spawn(accept);
+                }
+            });
         }
+        let workers = Workers::start(work).map_err(GatewayError::Workers)?;
+        drop(self.listeners);
         self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(http = ?self.addrs.http, https = ?self.addrs.https, admin = ?self.addrs.admin, "gateway ready");
         shutdown.cancelled().await;
@@ -279,6 +316,7 @@ impl Gateway {
         self.shared.hard_stop.cancel();
         // Give cancelled connections a moment to close cleanly.
         let _ = tokio::time::timeout(Duration::from_millis(200), tracker.wait()).await;
+        workers.stop().await;
         admin_stop.cancel();
         tracing::info!("gateway stopped");
         Ok(())

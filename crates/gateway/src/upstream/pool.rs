@@ -1,5 +1,7 @@
-//! Pooled HTTP/1.1 clients, one per distinct (certificate checking, connect timeout) pair,
-//! kept across reloads so that kept-alive upstream connections survive a SIGHUP.
+//! Pooled HTTP/1.1 clients, one per distinct (certificate checking, connect timeout, `via`)
+//! triple, kept across reloads so that kept-alive upstream connections survive a SIGHUP.
+//! Each serving thread has its own pool, so a request only reuses connections its own
+//! thread drives.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -7,14 +9,26 @@ use std::sync::{Arc, Mutex};
 use kakuremichi_tunnel::AgentRegistry;
 use std::time::Duration;
 
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::connector::Connector;
 use super::tls::{self, TlsSetupError};
 use crate::body::UpstreamBody;
 
-pub type HttpClient = Client<Connector, UpstreamBody>;
+/// One pooled client per serving thread, sharing a connector.
+#[derive(Clone)]
+pub struct HttpClient {
+    per_worker: Arc<[Client<Connector, UpstreamBody>]>,
+}
+
+impl HttpClient {
+    /// Sends `request` on a connection of the calling thread's pool.
+    pub fn request(&self, request: http::Request<UpstreamBody>) -> ResponseFuture {
+        let i = crate::workers::index() % self.per_worker.len();
+        self.per_worker[i].request(request)
+    }
+}
 
 /// Makes and remembers clients.
 pub struct ClientCache {
@@ -22,15 +36,18 @@ pub struct ClientCache {
     unverified: Arc<rustls::ClientConfig>,
     clients: Mutex<HashMap<ClientKey, HttpClient>>,
     tunnel: Option<AgentRegistry>,
+    workers: usize,
 }
 
 /// Clients differ by certificate checking, connect timeout and `via` group.
 type ClientKey = (bool, Duration, Option<Arc<str>>);
 
 impl ClientCache {
+    /// `workers`: how many serving threads (and so pools per client) there are.
     pub fn new(
         ca_roots: Option<&std::path::Path>,
         tunnel: Option<AgentRegistry>,
+        workers: usize,
     ) -> Result<Self, TlsSetupError> {
         // With no roots at all, https upstreams fail at connect time with an "unknown
         // issuer" error naming the upstream; plain http routes are unaffected.
@@ -40,7 +57,13 @@ impl ClientCache {
             unverified: tls::unverified()?,
             clients: Mutex::new(HashMap::new()),
             tunnel,
+            workers: workers.max(1),
         })
+    }
+
+    /// How many serving threads the clients are made for.
+    pub fn workers(&self) -> usize {
+        self.workers
     }
 
     /// `via`: the agent group for tunneled routes. Without a tunnel listener such routes are
@@ -67,14 +90,20 @@ impl ClientCache {
                 } else {
                     self.unverified.clone()
                 };
-                Client::builder(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(Duration::from_secs(60))
-                    .pool_max_idle_per_host(1024)
-                    .retry_canceled_requests(true)
-                    .set_host(false)
-                    .build(Connector::new(tls, connect_timeout, tunnel))
+                let connector = Connector::new(tls, connect_timeout, tunnel);
+                let per_worker = (0..self.workers)
+                    .map(|_| {
+                        Client::builder(TokioExecutor::new())
+                            .timer(TokioTimer::new())
+                            .pool_timer(TokioTimer::new())
+                            .pool_idle_timeout(Duration::from_secs(60))
+                            .pool_max_idle_per_host(1024)
+                            .retry_canceled_requests(true)
+                            .set_host(false)
+                            .build(connector.clone())
+                    })
+                    .collect();
+                HttpClient { per_worker }
             })
             .clone()
     }
