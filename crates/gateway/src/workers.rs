@@ -15,11 +15,11 @@ use std::thread::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 thread_local! {
-    static INDEX: Cell<usize> = const { Cell::new(0) };
+    static INDEX: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
-/// Which serving thread this is (0 on any other thread, such as the main runtime's).
-pub fn index() -> usize {
+/// Which serving thread this is; `None` on any other thread (the main runtime's).
+pub fn index() -> Option<usize> {
     INDEX.with(Cell::get)
 }
 
@@ -53,7 +53,7 @@ impl Workers {
             let thread = std::thread::Builder::new()
                 .name(format!("kakuremichi-serve-{i}"))
                 .spawn(move || {
-                    INDEX.set(i);
+                    INDEX.set(Some(i));
                     runtime.block_on(async move {
                         work.await;
                         stop.cancelled().await;
@@ -100,8 +100,8 @@ mod tests {
             seen.push(pair);
         }
         seen.sort_unstable();
-        assert_eq!(seen, vec![(0, 0), (1, 1), (2, 2)]);
+        assert_eq!(seen, vec![(0, Some(0)), (1, Some(1)), (2, Some(2))]);
         workers.stop().await;
-        assert_eq!(index(), 0);
+        assert_eq!(index(), None);
     }
 }

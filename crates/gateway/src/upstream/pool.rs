@@ -1,7 +1,7 @@
 //! Pooled HTTP/1.1 clients, one per distinct (certificate checking, connect timeout, `via`)
 //! triple, kept across reloads so that kept-alive upstream connections survive a SIGHUP.
 //! Each serving thread has its own pool, so a request only reuses connections its own
-//! thread drives.
+//! thread drives; work on the main runtime (health checks) has one more.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,17 +16,19 @@ use super::connector::Connector;
 use super::tls::{self, TlsSetupError};
 use crate::body::UpstreamBody;
 
-/// One pooled client per serving thread, sharing a connector.
+/// One pooled client per serving thread, and one for every other thread, sharing a
+/// connector.
 #[derive(Clone)]
 pub struct HttpClient {
-    per_worker: Arc<[Client<Connector, UpstreamBody>]>,
+    per_thread: Arc<[Client<Connector, UpstreamBody>]>,
 }
 
 impl HttpClient {
     /// Sends `request` on a connection of the calling thread's pool.
     pub fn request(&self, request: http::Request<UpstreamBody>) -> ResponseFuture {
-        let i = crate::workers::index() % self.per_worker.len();
-        self.per_worker[i].request(request)
+        let last = self.per_thread.len() - 1;
+        let i = crate::workers::index().map_or(last, |i| i.min(last));
+        self.per_thread[i].request(request)
     }
 }
 
@@ -91,7 +93,7 @@ impl ClientCache {
                     self.unverified.clone()
                 };
                 let connector = Connector::new(tls, connect_timeout, tunnel);
-                let per_worker = (0..self.workers)
+                let per_thread = (0..=self.workers)
                     .map(|_| {
                         Client::builder(TokioExecutor::new())
                             .timer(TokioTimer::new())
@@ -103,7 +105,7 @@ impl ClientCache {
                             .build(connector.clone())
                     })
                     .collect();
-                HttpClient { per_worker }
+                HttpClient { per_thread }
             })
             .clone()
     }
