@@ -12,8 +12,8 @@
 #   plain       the same wrk run over plain HTTP to the same proxies (kakuremichi with
 #               redirect_https = false), to tell the cost of TLS from that of proxying.
 # The origin is nginx serving a static file. Both proxies are pinned to the same CPU
-# (PROXY_CPU, default 1) with one worker (nginx: worker_processes 1; kakuremichi: its runtime
-# sees one CPU); the origin and the load generators share the other (LOAD_CPU, default 0).
+# (PROXY_CPU, default 1) with one worker (nginx: worker_processes 1; kakuremichi: it sees one
+# CPU, so it runs one serving thread); the origin and the load generators share the other (LOAD_CPU, default 0).
 # Candidates are interleaved: each round measures nginx and kakuremichi back to back (the
 # order alternates between rounds) after a warm-up. Medians of the rounds and the ratios
 # kakuremichi / nginx are printed, with how busy each CPU was (to see which side was the
