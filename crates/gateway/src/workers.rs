@@ -46,20 +46,29 @@ impl Workers {
         let stop = CancellationToken::new();
         let mut threads = Vec::with_capacity(work.len());
         for (i, work) in work.into_iter().enumerate() {
-            let runtime = tokio::runtime::Builder::new_current_thread()
+            let started = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
-                .build()?;
-            let stop = stop.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("kakuremichi-serve-{i}"))
-                .spawn(move || {
-                    INDEX.set(Some(i));
-                    runtime.block_on(async move {
-                        work.await;
-                        stop.cancelled().await;
-                    });
-                })?;
-            threads.push(thread);
+                .build()
+                .and_then(|runtime| {
+                    let stop = stop.clone();
+                    std::thread::Builder::new()
+                        .name(format!("kakuremichi-serve-{i}"))
+                        .spawn(move || {
+                            INDEX.set(Some(i));
+                            runtime.block_on(async move {
+                                work.await;
+                                stop.cancelled().await;
+                            });
+                        })
+                });
+            match started {
+                Ok(thread) => threads.push(thread),
+                Err(e) => {
+                    // The threads already started end instead of waiting forever.
+                    stop.cancel();
+                    return Err(e);
+                }
+            }
         }
         Ok(Workers { threads, stop })
     }
