@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use crate::access_log::AccessRecord;
 use crate::conn::ConnPhase;
 use crate::error::BoxError;
+use crate::upstream::direct::DirectBody;
 use crate::upstream::select::InFlight;
 
 /// Raised by [`UpstreamBody`] when the client sends more than `max_body`.
@@ -120,8 +121,15 @@ impl Body for UpstreamBody {
     }
 }
 
+/// An upstream's response body, from the `hyper` client or the direct one.
+pub enum Upstreamed {
+    Hyper(Incoming),
+    Direct(DirectBody),
+}
+
 enum Inner {
     Upstream(Incoming),
+    Direct(DirectBody),
     Full(Option<Bytes>),
 }
 
@@ -139,13 +147,16 @@ impl ResponseBody {
     /// `in_flight` keeps the upstream counted as busy (for `least_requests`) until the
     /// body is done.
     pub fn upstream(
-        body: Incoming,
+        body: Upstreamed,
         record: AccessRecord,
         phase: Arc<ConnPhase>,
         in_flight: InFlight,
     ) -> Self {
         ResponseBody {
-            inner: Inner::Upstream(body),
+            inner: match body {
+                Upstreamed::Hyper(b) => Inner::Upstream(b),
+                Upstreamed::Direct(b) => Inner::Direct(b),
+            },
             sent: 0,
             done: false,
             record: Some(record),
@@ -200,6 +211,12 @@ impl Body for ResponseBody {
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
+            Inner::Direct(body) => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e) as BoxError))),
+                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -219,6 +236,7 @@ impl Body for ResponseBody {
         match &self.inner {
             Inner::Full(b) => b.is_none(),
             Inner::Upstream(b) => b.is_end_stream(),
+            Inner::Direct(b) => b.is_end_stream(),
         }
     }
 
@@ -226,6 +244,7 @@ impl Body for ResponseBody {
         match &self.inner {
             Inner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Inner::Upstream(b) => b.size_hint(),
+            Inner::Direct(b) => b.size_hint(),
         }
     }
 }

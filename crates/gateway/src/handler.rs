@@ -11,12 +11,12 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use kakuremichi_config::net::canonical_ip;
+use kakuremichi_config::net::{Scheme, canonical_ip};
 use kakuremichi_router::{Lookup, normalize_host, normalize_path, strip_prefix};
 use tokio_util::sync::CancellationToken;
 
 use crate::access_log::AccessRecord;
-use crate::body::{RequestBodyState, ResponseBody, UpstreamBody};
+use crate::body::{RequestBodyState, ResponseBody, UpstreamBody, Upstreamed};
 use crate::conn::ConnInfo;
 use crate::error::{self, ProxyError};
 use crate::forward::{self, ForwardedFacts};
@@ -25,6 +25,7 @@ use crate::request_id;
 use crate::state::{RouteRuntime, Runtime};
 use crate::upgrade;
 use crate::upstream::connector::ConnectError;
+use crate::upstream::direct::DirectError;
 use crate::upstream::pool::ClientCache;
 use kakuremichi_policy::Decision;
 
@@ -464,6 +465,34 @@ fn redirect_to_https(ctx: &Ctx, port: u16, uri: &Uri) -> Response<ResponseBody> 
 
 /// What a failed connection means for the client: 503 when no agent of the group is
 /// connected, 504 for timeouts, 502 otherwise.
+/// Why sending a request upstream failed.
+enum SendError {
+    /// No connection could be made; retrying elsewhere is safe.
+    Connect(ProxyError),
+    /// The connection failed or the upstream's answer was unusable.
+    Failed(error::BoxError),
+}
+
+impl SendError {
+    fn from_hyper(err: hyper_util::client::legacy::Error) -> Self {
+        if err.is_connect() {
+            SendError::Connect(classify_connect_error(err))
+        } else {
+            SendError::Failed(Box::new(err))
+        }
+    }
+
+    fn from_direct(err: DirectError) -> Self {
+        match err {
+            DirectError::Connect(ConnectError::Timeout { .. }) => {
+                SendError::Connect(ProxyError::UpstreamConnectTimeout)
+            }
+            DirectError::Connect(e) => SendError::Connect(ProxyError::UpstreamConnect(Box::new(e))),
+            other => SendError::Failed(Box::new(other)),
+        }
+    }
+}
+
 fn classify_connect_error(err: hyper_util::client::legacy::Error) -> ProxyError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
     while let Some(e) = source {
@@ -536,6 +565,8 @@ async fn forward(
         edits.request.apply(&mut headers);
     }
 
+    // Only a request with nothing to send after its head may take the direct client.
+    let bodyless = http_body::Body::is_end_stream(&body);
     let slot = Arc::new(Mutex::new(Some(body)));
     let body_state = Arc::new(RequestBodyState {
         bytes: ctx.bytes_in.clone(),
@@ -593,45 +624,64 @@ async fn forward(
                 label,
             ));
         };
-        let mut outgoing = Request::new(UpstreamBody::new(
-            slot.clone(),
-            body_state.clone(),
-            config.max_body,
-        ));
-        *outgoing.method_mut() = parts.method.clone();
-        *outgoing.uri_mut() = uri;
-        *outgoing.version_mut() = Version::HTTP_11;
-        *outgoing.headers_mut() = attempt_headers;
-
-        let sent =
-            tokio::time::timeout(config.response_timeout, route.client.request(outgoing)).await;
+        let direct = route
+            .client
+            .direct()
+            .filter(|_| bodyless && !upgrading && member.url.scheme == Scheme::Http);
+        let sent = match direct {
+            Some(direct) => {
+                let send = direct.send(&parts.method, &uri, &member.origin, &attempt_headers);
+                tokio::time::timeout(config.response_timeout, send)
+                    .await
+                    .map(|r| {
+                        r.map(|resp| resp.map(Upstreamed::Direct))
+                            .map_err(SendError::from_direct)
+                    })
+            }
+            None => {
+                let mut outgoing = Request::new(UpstreamBody::new(
+                    slot.clone(),
+                    body_state.clone(),
+                    config.max_body,
+                ));
+                *outgoing.method_mut() = parts.method.clone();
+                *outgoing.uri_mut() = uri;
+                *outgoing.version_mut() = Version::HTTP_11;
+                *outgoing.headers_mut() = attempt_headers;
+                tokio::time::timeout(config.response_timeout, route.client.request(outgoing))
+                    .await
+                    .map(|r| {
+                        r.map(|resp| resp.map(Upstreamed::Hyper))
+                            .map_err(SendError::from_hyper)
+                    })
+            }
+        };
         match sent {
             Err(_) => return Err((ProxyError::UpstreamTimeout, label)),
             Ok(Ok(response)) => break (response, member, in_flight),
-            Ok(Err(e)) => {
-                if body_state.too_large.load(Ordering::Relaxed) {
-                    return Err((ProxyError::BodyTooLarge, label));
+            Ok(Err(_)) if body_state.too_large.load(Ordering::Relaxed) => {
+                return Err((ProxyError::BodyTooLarge, label));
+            }
+            Ok(Err(SendError::Connect(failure))) => {
+                if !matches!(failure, ProxyError::NoAgent) {
+                    route.upstreams.mark_failed(index);
                 }
-                if e.is_connect() {
-                    let failure = classify_connect_error(e);
-                    if !matches!(failure, ProxyError::NoAgent) {
-                        route.upstreams.mark_failed(index);
+                let untouched = body_state.bytes.load(Ordering::Relaxed) == 0
+                    && slot.lock().map(|s| s.is_some()).unwrap_or(false);
+                let no_agent = matches!(failure, ProxyError::NoAgent);
+                if untouched && (several || via) && !no_agent && attempts < max_attempts {
+                    tracing::info!(request_id = ctx.request_id.to_str().unwrap_or("-"), upstream = %member.label, error = %DisplayChain(&failure), "upstream unreachable; trying another");
+                    last_error = Some((failure, label));
+                    if spare_headers.is_none() {
+                        spare_headers = Some(HeaderMap::new());
                     }
-                    let untouched = body_state.bytes.load(Ordering::Relaxed) == 0
-                        && slot.lock().map(|s| s.is_some()).unwrap_or(false);
-                    let no_agent = matches!(failure, ProxyError::NoAgent);
-                    if untouched && (several || via) && !no_agent && attempts < max_attempts {
-                        tracing::info!(request_id = ctx.request_id.to_str().unwrap_or("-"), upstream = %member.label, error = %DisplayChain(&failure), "upstream unreachable; trying another");
-                        last_error = Some((failure, label));
-                        if spare_headers.is_none() {
-                            spare_headers = Some(HeaderMap::new());
-                        }
-                        continue;
-                    }
-                    return Err((failure, label));
+                    continue;
                 }
+                return Err((failure, label));
+            }
+            Ok(Err(SendError::Failed(e))) => {
                 if body_state.client_error.load(Ordering::Relaxed) {
-                    return Err((ProxyError::ClientBody(Box::new(e)), label));
+                    return Err((ProxyError::ClientBody(e), label));
                 }
                 // A pooled connection that died under us (an agent killed, an upstream
                 // restarted): an idempotent request whose body was not read yet is safe to
@@ -639,10 +689,10 @@ async fn forward(
                 let untouched = body_state.bytes.load(Ordering::Relaxed) == 0;
                 if idempotent && untouched && (several || via) && attempts < max_attempts {
                     tracing::info!(request_id = ctx.request_id.to_str().unwrap_or("-"), upstream = %member.label, error = %e, "upstream connection failed before answering; retrying the idempotent request");
-                    last_error = Some((ProxyError::UpstreamFailed(Box::new(e)), label));
+                    last_error = Some((ProxyError::UpstreamFailed(e), label));
                     continue;
                 }
-                return Err((ProxyError::UpstreamFailed(Box::new(e)), label));
+                return Err((ProxyError::UpstreamFailed(e), label));
             }
         }
     };

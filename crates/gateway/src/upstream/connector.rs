@@ -226,19 +226,33 @@ impl Connector {
         }
     }
 
+    /// A plain TCP connection to an `http` upstream (no tunnel), within the connect
+    /// timeout, with `TCP_NODELAY` set.
+    pub async fn dial_tcp(&self, uri: &Uri) -> Result<TcpStream, ConnectError> {
+        let Target {
+            host,
+            port,
+            authority,
+            ..
+        } = Target::of(uri)?;
+        let timeout = self.connect_timeout;
+        let tcp = tokio::time::timeout(timeout, dial(&host, port, &authority))
+            .await
+            .map_err(|_| ConnectError::Timeout {
+                authority: authority.clone(),
+                timeout,
+            })??;
+        let _ = tcp.set_nodelay(true);
+        Ok(tcp)
+    }
+
     async fn connect(self, uri: Uri) -> Result<UpstreamStream, ConnectError> {
-        let host = uri
-            .host()
-            .ok_or_else(|| ConnectError::NoHost(uri.to_string()))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let https = uri.scheme_str() == Some("https");
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let authority = uri
-            .authority()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| host.clone());
+        let Target {
+            host,
+            port,
+            authority,
+            https,
+        } = Target::of(&uri)?;
         let timeout = self.connect_timeout;
         let tcp = tokio::time::timeout(timeout, self.open_transport(&host, port, &authority))
             .await
@@ -261,6 +275,39 @@ impl Connector {
             })?
             .map_err(|source| ConnectError::Tls { authority, source })?;
         Ok(UpstreamStream::Tls(Box::new(tls)))
+    }
+}
+
+/// Where an upstream URI points.
+struct Target {
+    /// Without the brackets of an IPv6 literal.
+    host: String,
+    port: u16,
+    /// `host:port` as written, for messages.
+    authority: String,
+    https: bool,
+}
+
+impl Target {
+    fn of(uri: &Uri) -> Result<Target, ConnectError> {
+        let host = uri
+            .host()
+            .ok_or_else(|| ConnectError::NoHost(uri.to_string()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let https = uri.scheme_str() == Some("https");
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let authority = uri
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| host.clone());
+        Ok(Target {
+            host,
+            port,
+            authority,
+            https,
+        })
     }
 }
 

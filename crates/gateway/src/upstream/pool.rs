@@ -13,6 +13,7 @@ use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::connector::Connector;
+use super::direct::DirectClient;
 use super::tls::{self, TlsSetupError};
 use crate::body::UpstreamBody;
 
@@ -21,9 +22,16 @@ use crate::body::UpstreamBody;
 #[derive(Clone)]
 pub struct HttpClient {
     per_thread: Arc<[Client<Connector, UpstreamBody>]>,
+    /// For body-less requests to plain `http` upstreams; `None` for tunneled routes.
+    direct: Option<DirectClient>,
 }
 
 impl HttpClient {
+    /// The direct client, when this client's upstreams can use it (not through a tunnel).
+    pub fn direct(&self) -> Option<&DirectClient> {
+        self.direct.as_ref()
+    }
+
     /// Sends `request` on a connection of the calling thread's pool.
     pub fn request(&self, request: http::Request<UpstreamBody>) -> ResponseFuture {
         let last = self.per_thread.len() - 1;
@@ -92,6 +100,12 @@ impl ClientCache {
                 } else {
                     self.unverified.clone()
                 };
+                let direct = tunnel.is_none().then(|| {
+                    DirectClient::new(
+                        Connector::new(tls.clone(), connect_timeout, None),
+                        self.workers + 1,
+                    )
+                });
                 let connector = Connector::new(tls, connect_timeout, tunnel);
                 let per_thread = (0..=self.workers)
                     .map(|_| {
@@ -105,7 +119,7 @@ impl ClientCache {
                             .build(connector.clone())
                     })
                     .collect();
-                HttpClient { per_thread }
+                HttpClient { per_thread, direct }
             })
             .clone()
     }

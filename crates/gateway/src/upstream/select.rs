@@ -16,7 +16,7 @@ pub const PASSIVE_DOWN_FOR: Duration = Duration::from_secs(10);
 pub struct Member {
     pub url: UpstreamUrl,
     /// `scheme://authority`, the start of every request URI sent to this member.
-    pub origin: String,
+    pub origin: Arc<str>,
     /// The URL as configured, for logs and labels.
     pub label: Arc<str>,
     in_flight: AtomicUsize,
@@ -60,7 +60,7 @@ impl UpstreamSet {
                 let gauge = gauges(u);
                 gauge.set(1);
                 Arc::new(Member {
-                    origin: format!("{}://{}", u.scheme.as_str(), u.authority()),
+                    origin: Arc::from(format!("{}://{}", u.scheme.as_str(), u.authority())),
                     label: Arc::from(u.original.as_str()),
                     url: u.clone(),
                     in_flight: AtomicUsize::new(0),

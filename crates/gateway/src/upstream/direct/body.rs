@@ -1,0 +1,160 @@
+//! The response body read straight off a direct upstream connection, frame by frame as the
+//! client takes it. When the body ends cleanly the connection goes back to its pool.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
+use super::chunked::{Chunked, Step};
+use super::head::Framing;
+use super::{Conn, DirectError, Home};
+
+/// Bytes read from the upstream per read call at most, once the head is in.
+const READ_CHUNK: usize = 64 * 1024;
+
+enum Left {
+    /// This many bytes to go (0: done).
+    Length(u64),
+    Chunked(Chunked),
+    UntilClose,
+    Done,
+}
+
+/// A response body being read from a direct upstream connection.
+pub struct DirectBody {
+    conn: Option<Conn>,
+    left: Left,
+    reusable: bool,
+    home: Home,
+}
+
+impl DirectBody {
+    pub(super) fn new(conn: Conn, framing: Framing, reusable: bool, home: Home) -> Self {
+        let left = match framing {
+            Framing::Empty | Framing::Length(0) => Left::Done,
+            Framing::Length(n) => Left::Length(n),
+            Framing::Chunked => Left::Chunked(Chunked::Size),
+            Framing::UntilClose => Left::UntilClose,
+        };
+        let mut body = DirectBody {
+            conn: Some(conn),
+            left,
+            reusable,
+            home,
+        };
+        if matches!(body.left, Left::Done) {
+            body.release();
+        }
+        body
+    }
+
+    /// The body is complete: the connection goes back to the pool if it can carry another
+    /// request (nothing unread is left on it).
+    fn release(&mut self) {
+        self.left = Left::Done;
+        if let Some(conn) = self.conn.take()
+            && self.reusable
+            && conn.buf.is_empty()
+        {
+            self.home.give_back(conn);
+        }
+    }
+
+    /// Reads more from the upstream into the connection's buffer; `Ok(false)` at the end
+    /// of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, DirectError>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(Ok(false));
+        };
+        if conn.buf.capacity() - conn.buf.len() < 4096 {
+            conn.buf.reserve(READ_CHUNK);
+        }
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut conn.stream),
+            cx,
+            &mut conn.buf
+        ))
+        .map_err(DirectError::Io)?;
+        Poll::Ready(Ok(n > 0))
+    }
+}
+
+impl Body for DirectBody {
+    type Data = Bytes;
+    type Error = DirectError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, DirectError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let buf = &mut conn.buf;
+            match &mut this.left {
+                Left::Done => {
+                    this.release();
+                    return Poll::Ready(None);
+                }
+                Left::Length(left) if !buf.is_empty() => {
+                    let n = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
+                    let data = buf.split_to(n).freeze();
+                    *left -= n as u64;
+                    if *left == 0 {
+                        this.release();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Left::UntilClose if !buf.is_empty() => {
+                    let data = buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Left::Chunked(state) => match state.step(buf) {
+                    Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Step::End) => {
+                        this.release();
+                        return Poll::Ready(None);
+                    }
+                    Ok(Step::NeedMore) => {}
+                    Err(e) => {
+                        this.conn = None;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                },
+                Left::Length(_) | Left::UntilClose => {}
+            }
+            match ready!(this.poll_fill(cx)) {
+                Ok(true) => {}
+                Ok(false) => {
+                    if matches!(this.left, Left::UntilClose) {
+                        this.reusable = false;
+                        this.release();
+                        return Poll::Ready(None);
+                    }
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(DirectError::ClosedMidBody)));
+                }
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.left, Left::Done | Left::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.left {
+            Left::Done => SizeHint::with_exact(0),
+            Left::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! HTTP/1.1 message heads on an upstream connection: the request head written from the
+//! forwarded request's parts, and the response head parsed (with `httparse`) into
+//! `http::response::Parts` together with how the body that follows is framed (RFC 9112
+//! §6.3).
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+
+use super::DirectError;
+
+/// Header fields an upstream response head may have.
+const MAX_RESPONSE_HEADERS: usize = 128;
+
+/// How the response body is delimited on the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (HEAD, 204, 304).
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the upstream closes the connection.
+    UntilClose,
+}
+
+/// A parsed response head.
+pub struct ResponseHead {
+    pub parts: http::response::Parts,
+    pub framing: Framing,
+    /// Whether the connection may carry another request once the body is read.
+    pub reusable: bool,
+}
+
+/// Appends `METHOD target HTTP/1.1` and the header fields to `out`. `target` is the
+/// origin-form path and query. A `POST`, `PUT` or `PATCH` without body framing gets
+/// `content-length: 0`, as a user agent should send.
+pub fn write_request(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let body_method = matches!(*method, Method::POST | Method::PUT | Method::PATCH);
+    if body_method
+        && !headers.contains_key(header::CONTENT_LENGTH)
+        && !headers.contains_key(header::TRANSFER_ENCODING)
+    {
+        out.extend_from_slice(b"content-length: 0\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Parses a response head from the start of `buf`. `Ok(None)`: the head is not complete
+/// yet. `Ok(Some((head, len)))`: the head and how many bytes of `buf` it took.
+pub fn parse_response(
+    buf: &[u8],
+    method: &Method,
+) -> Result<Option<(ResponseHead, usize)>, DirectError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut parsed = httparse::Response::new(&mut slots);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(DirectError::BadResponse("more than 128 header fields"));
+        }
+        Err(_) => return Err(DirectError::BadResponse("not an HTTP/1.x response head")),
+    };
+    let code = parsed.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code)
+        .map_err(|_| DirectError::BadResponse("status code out of range"))?;
+    let http10 = parsed.version == Some(0);
+
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut transfer_encoded = false;
+    let mut close = http10;
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| DirectError::BadResponse("invalid header name"))?;
+        let value = HeaderValue::from_bytes(h.value)
+            .map_err(|_| DirectError::BadResponse("invalid header value"))?;
+        if name == header::CONTENT_LENGTH {
+            let n = parse_length(h.value)?;
+            if length.is_some_and(|seen| seen != n) {
+                return Err(DirectError::BadResponse(
+                    "conflicting Content-Length fields",
+                ));
+            }
+            length = Some(n);
+        } else if name == header::TRANSFER_ENCODING {
+            transfer_encoded = true;
+            // Only the last coding decides whether the body is chunked.
+            chunked = last_token(h.value).is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONNECTION {
+            if has_token(h.value, b"close") {
+                close = true;
+            } else if http10 && has_token(h.value, b"keep-alive") {
+                close = false;
+            }
+        }
+        headers.append(name, value);
+    }
+
+    let framing = if *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Framing::Empty
+    } else if transfer_encoded {
+        if chunked {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        }
+    } else {
+        match length {
+            Some(n) => Framing::Length(n),
+            None => Framing::UntilClose,
+        }
+    };
+    // A message with both framings may be an attempt at request smuggling: read it by
+    // Transfer-Encoding and do not reuse the connection.
+    let reusable =
+        !close && framing != Framing::UntilClose && !(transfer_encoded && length.is_some());
+
+    let mut response = http::Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = if http10 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    *response.headers_mut() = headers;
+    let (parts, ()) = response.into_parts();
+    Ok(Some((
+        ResponseHead {
+            parts,
+            framing,
+            reusable,
+        },
+        len,
+    )))
+}
+
+fn parse_length(value: &[u8]) -> Result<u64, DirectError> {
+    let bad = DirectError::BadResponse("invalid Content-Length");
+    // Some servers repeat the value in one field ("12, 12"); equal values are one length.
+    let mut found: Option<u64> = None;
+    for part in value.split(|&b| b == b',') {
+        let digits = part.trim_ascii();
+        if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(bad);
+        }
+        let n = digits
+            .iter()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        if found.is_some_and(|f| f != n) {
+            return Err(bad);
+        }
+        found = Some(n);
+    }
+    found.ok_or(bad)
+}
+
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+fn last_token(value: &[u8]) -> Option<&[u8]> {
+    tokens(value).last()
+}
+
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    tokens(value).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, method: Method) -> ResponseHead {
+        let (head, len) = parse_response(text.as_bytes(), &method)
+            .expect("valid head")
+            .expect("complete head");
+        assert_eq!(len, text.find("\r\n\r\n").expect("head end") + 4);
+        head
+    }
+
+    #[test]
+    fn request_head_has_the_target_and_every_field() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("app.test"));
+        headers.append("x-a", HeaderValue::from_static("1"));
+        headers.append("x-a", HeaderValue::from_static("2"));
+        let mut out = Vec::new();
+        write_request(&mut out, &Method::GET, "/p?q=1", &headers);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /p?q=1 HTTP/1.1\r\nhost: app.test\r\nx-a: 1\r\nx-a: 2\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn bodyless_post_says_so() {
+        let mut out = Vec::new();
+        write_request(&mut out, &Method::POST, "/", &HeaderMap::new());
+        assert_eq!(out, b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+    }
+
+    #[test]
+    fn partial_head_waits_for_more() {
+        let got = parse_response(b"HTTP/1.1 200 OK\r\ncontent-len", &Method::GET).unwrap();
+        assert!(got.is_none());
+    }
+
+    #[test]
+    fn length_chunked_and_close_framings() {
+        let h = parse(
+            "HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nHello",
+            Method::GET,
+        );
+        assert_eq!(h.framing, Framing::Length(13));
+        assert!(h.reusable);
+        assert_eq!(h.parts.headers["content-length"], "13");
+
+        let h = parse(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            Method::GET,
+        );
+        assert_eq!(h.framing, Framing::Chunked);
+        assert!(h.reusable);
+
+        let h = parse("HTTP/1.1 200 OK\r\nX: y\r\n\r\n", Method::GET);
+        assert_eq!(h.framing, Framing::UntilClose);
+        assert!(!h.reusable);
+
+        let h = parse(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            Method::GET,
+        );
+        assert_eq!(h.framing, Framing::UntilClose);
+    }
+
+    #[test]
+    fn bodiless_statuses_and_head() {
+        for (text, method) in [
+            (
+                "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+                Method::GET,
+            ),
+            ("HTTP/1.1 304 Not Modified\r\n\r\n", Method::GET),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n",
+                Method::HEAD,
+            ),
+        ] {
+            let h = parse(text, method);
+            assert_eq!(h.framing, Framing::Empty, "{text}");
+            assert!(h.reusable, "{text}");
+        }
+    }
+
+    #[test]
+    fn connection_close_and_http10_are_not_reused() {
+        let h = parse(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+            Method::GET,
+        );
+        assert!(!h.reusable);
+        let h = parse("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", Method::GET);
+        assert!(!h.reusable);
+        assert_eq!(h.parts.version, Version::HTTP_10);
+        let h = parse(
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n",
+            Method::GET,
+        );
+        assert!(h.reusable);
+    }
+
+    #[test]
+    fn both_framings_read_chunked_and_close_after() {
+        let h = parse(
+            "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+            Method::GET,
+        );
+        assert_eq!(h.framing, Framing::Chunked);
+        assert!(!h.reusable);
+    }
+
+    #[test]
+    fn bad_heads_are_errors() {
+        for text in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            "SSH-2.0-OpenSSH\r\n\r\n",
+        ] {
+            assert!(
+                parse_response(text.as_bytes(), &Method::GET).is_err(),
+                "{text}"
+            );
+        }
+        let h = parse(
+            "HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\n\r\n",
+            Method::GET,
+        );
+        assert_eq!(h.framing, Framing::Length(7));
+    }
+}
