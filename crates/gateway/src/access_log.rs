@@ -41,7 +41,7 @@ impl AccessRecord {
         let elapsed = self.start.elapsed();
         let written = kakuremichi_telemetry::access_line(|line| {
             line.str("request_id", self.request_id.to_str().unwrap_or("-"))
-                .display("client_ip", self.client_ip)
+                .ip("client_ip", self.client_ip)
                 .str("method", self.method.as_str())
                 .str("host", &self.host)
                 .str("path", &self.path)

@@ -68,9 +68,29 @@ impl JsonLine<'_> {
         self.end()
     }
 
+    /// Keys are names written in the code: plain ASCII with nothing to escape.
     fn key(&mut self, key: &str) {
-        escape_into(self.buf, key);
-        self.buf.push(':');
+        debug_assert!(!key.bytes().any(needs_escape), "key {key:?} needs escaping");
+        self.buf.push('"');
+        self.buf.push_str(key);
+        self.buf.push_str("\":");
+    }
+
+    /// An IP address field (the commonest `display` value), IPv4 without the formatter.
+    pub fn ip(&mut self, key: &str, ip: std::net::IpAddr) -> &mut Self {
+        let std::net::IpAddr::V4(v4) = ip else {
+            return self.display(key, ip);
+        };
+        self.key(key);
+        self.buf.push('"');
+        for (i, octet) in v4.octets().into_iter().enumerate() {
+            if i > 0 {
+                self.buf.push('.');
+            }
+            push_u64(self.buf, octet.into());
+        }
+        self.buf.push('"');
+        self.end()
     }
 
     /// Every field ends with a comma: the line's last member, `target`, follows them all.
@@ -82,6 +102,38 @@ impl JsonLine<'_> {
 
 thread_local! {
     static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
+    /// The second last written and its `YYYY-MM-DDTHH:MM:SS` text.
+    static SECOND: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+}
+
+/// Appends the RFC 3339 timestamp with microseconds; the date and time of day are
+/// formatted once per second per thread.
+fn push_timestamp(buf: &mut String, secs: i64, micros: u32) {
+    SECOND.with(|second| match second.try_borrow_mut() {
+        Ok(mut cached) => {
+            if cached.0 != secs {
+                cached.1.clear();
+                let _ = write!(cached.1, "{}", Rfc3339::new(secs, 0, Decimals::None));
+                cached.1.pop(); // the "Z"
+                cached.0 = secs;
+            }
+            buf.push_str(&cached.1);
+        }
+        Err(_) => {
+            let mut text = Rfc3339::new(secs, 0, Decimals::None).to_string();
+            text.pop();
+            buf.push_str(&text);
+        }
+    });
+    buf.push('.');
+    let mut digits = [b'0'; 6];
+    let mut rest = micros.min(999_999);
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    buf.extend(digits.iter().map(|&d| char::from(d)));
+    buf.push('Z');
 }
 
 /// Writes `{"timestamp":…,"level":"INFO", <fields>, "target":TARGET}` as one line.
@@ -100,17 +152,12 @@ pub(crate) fn write_info(writer: &BatchWriter, target: &str, fields: impl FnOnce
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
-        let _ = write!(
-            buf,
-            "{}",
-            Rfc3339::new(secs, now.subsec_nanos(), Decimals::Micros)
-        );
+        push_timestamp(buf, secs, now.subsec_micros());
         buf.push_str("\",\"level\":\"INFO\",");
         let mut json = JsonLine { buf };
         fields(&mut json);
         let buf = json.buf;
-        escape_into(buf, "target");
-        buf.push(':');
+        buf.push_str("\"target\":");
         escape_into(buf, target);
         buf.push_str("}\n");
         let _ = writer.make_writer().write_all(buf.as_bytes());
@@ -174,6 +221,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn timestamps_match_the_formatter_across_seconds() {
+        for (secs, micros) in [
+            (0, 0),
+            (1_796_000_000, 7),
+            (1_796_000_000, 999_999),
+            (1_796_000_001, 120_000),
+        ] {
+            let mut out = String::new();
+            push_timestamp(&mut out, secs, micros);
+            let expected = Rfc3339::new(secs, micros * 1000, Decimals::Micros).to_string();
+            assert_eq!(out, expected);
+        }
+    }
+
+    #[test]
     fn strings_are_escaped_and_the_result_parses() {
         let mut out = String::new();
         {
@@ -189,6 +251,8 @@ mod tests {
         assert_eq!(value["ms"].as_f64(), Some(1.005));
         assert_eq!(value["ok"], false);
         assert_eq!(value["ip"], "::1");
+        assert_eq!(value["v4"], "10.0.200.7");
+        assert_eq!(value["v6"], "::1");
         assert_eq!(value["shown"], "say \"hi\"\n");
     }
 
@@ -200,6 +264,8 @@ mod tests {
             .millis("ms", 1005)
             .bool("ok", false)
             .display("ip", std::net::Ipv6Addr::LOCALHOST)
+            .ip("v4", std::net::Ipv4Addr::new(10, 0, 200, 7).into())
+            .ip("v6", std::net::Ipv6Addr::LOCALHOST.into())
             .display("shown", "say \"hi\"\n");
     }
 }
