@@ -20,6 +20,8 @@ enum Left {
     Chunked(Chunked),
     UntilClose,
     Done,
+    /// Cut short (by the upstream, or a framing error).
+    Failed,
 }
 
 /// A response body being read from a direct upstream connection.
@@ -28,6 +30,8 @@ pub struct DirectBody {
     left: Left,
     reusable: bool,
     home: Home,
+    /// An error held back for one poll (see [`DirectBody::fail`]).
+    failed: Option<DirectError>,
 }
 
 impl DirectBody {
@@ -43,6 +47,7 @@ impl DirectBody {
             left,
             reusable,
             home,
+            failed: None,
         };
         if matches!(body.left, Left::Done) {
             body.release();
@@ -60,6 +65,21 @@ impl DirectBody {
         {
             self.home.give_back(conn);
         }
+    }
+
+    /// Ends the body with `error`, but only on the next poll: hyper's server aborts the
+    /// connection as soon as a body fails, dropping what it had not flushed yet, and the
+    /// client should see the response head and the bytes that did arrive before the cut.
+    fn fail(
+        &mut self,
+        error: DirectError,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, DirectError>>> {
+        self.conn = None;
+        self.left = Left::Failed;
+        self.failed = Some(error);
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
     /// Reads more from the upstream into the connection's buffer; `Ok(false)` at the end
@@ -90,6 +110,9 @@ impl Body for DirectBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, DirectError>>> {
         let this = self.get_mut();
+        if let Some(error) = this.failed.take() {
+            return Poll::Ready(Some(Err(error)));
+        }
         loop {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
@@ -120,11 +143,9 @@ impl Body for DirectBody {
                         return Poll::Ready(None);
                     }
                     Ok(Step::NeedMore) => {}
-                    Err(e) => {
-                        this.conn = None;
-                        return Poll::Ready(Some(Err(e)));
-                    }
+                    Err(e) => return this.fail(e, cx),
                 },
+                Left::Failed => return Poll::Ready(None),
                 Left::Length(_) | Left::UntilClose => {}
             }
             match ready!(this.poll_fill(cx)) {
@@ -135,13 +156,9 @@ impl Body for DirectBody {
                         this.release();
                         return Poll::Ready(None);
                     }
-                    this.conn = None;
-                    return Poll::Ready(Some(Err(DirectError::ClosedMidBody)));
+                    return this.fail(DirectError::ClosedMidBody, cx);
                 }
-                Err(e) => {
-                    this.conn = None;
-                    return Poll::Ready(Some(Err(e)));
-                }
+                Err(e) => return this.fail(e, cx),
             }
         }
     }
