@@ -14,8 +14,11 @@ use std::time::Duration;
 
 use tracing_subscriber::fmt::MakeWriter;
 
-/// How long the first line of a batch may wait for more lines.
-const LINGER: Duration = Duration::from_millis(2);
+/// How long the first line of a batch may wait for more lines. Each batch costs the
+/// logging thread a wake-up call and the writer two context switches; on a gateway that
+/// shares its CPU with the writer, 2 ms (500 batches a second under load) cost ~3 % of
+/// its requests per second, 20 ms nothing measurable.
+const LINGER: Duration = Duration::from_millis(20);
 /// Bytes that make the writer thread start a batch at once.
 const FLUSH_AT: usize = 256 * 1024;
 /// Bytes that may wait at most; loggers block beyond this.
