@@ -25,6 +25,12 @@ const HOP_BY_HOP: [&HeaderName; 8] = [
     &header::PROXY_AUTHENTICATE,
 ];
 
+/// Whether `target` can be written as an origin-form request target: it starts with `/` and
+/// has only visible ASCII (and bytes above it), no fragment.
+pub fn is_request_target(target: &str) -> bool {
+    target.starts_with('/') && target.bytes().all(|b| b > b' ' && b != 0x7f && b != b'#')
+}
+
 /// Whether the request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade`).
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
@@ -173,6 +179,16 @@ pub fn set_forwarded(headers: &mut HeaderMap, facts: &ForwardedFacts<'_>) {
 mod tests {
     use super::*;
     use kakuremichi_config::net::parse_cidr;
+
+    #[test]
+    fn request_targets() {
+        for ok in ["/", "/a/b?x=1&y=%20", "/caf\u{e9}", "/{x}"] {
+            assert!(is_request_target(ok), "{ok}");
+        }
+        for bad in ["", "a", "/a b", "/a#frag", "/a\tb", "/\u{7f}"] {
+            assert!(!is_request_target(bad), "{bad:?}");
+        }
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

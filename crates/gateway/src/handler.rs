@@ -605,32 +605,39 @@ async fn forward(
         {
             attempt_headers.insert(header::HOST, v);
         }
+        let direct = route
+            .client
+            .direct()
+            .filter(|_| bodyless && !upgrading && member.url.scheme == Scheme::Http);
+        // The hyper client takes an absolute URI; the direct one only the origin-form target.
         let mut target = String::with_capacity(
             member.origin.len()
                 + member.url.base_path.len()
                 + upstream_path.len()
-                + query.map_or(0, |q| q.len() + 1),
+                + query.map_or(0, |q| q.len() + 2),
         );
-        target.push_str(&member.origin);
+        if direct.is_none() {
+            target.push_str(&member.origin);
+        }
         target.push_str(&member.url.base_path);
         target.push_str(&upstream_path);
         if let Some(q) = query {
             target.push('?');
             target.push_str(q);
         }
-        let Ok(uri) = Uri::try_from(target) else {
-            return Err((
-                ProxyError::BadRequest("the request target cannot be forwarded"),
-                label,
-            ));
-        };
-        let direct = route
-            .client
-            .direct()
-            .filter(|_| bodyless && !upgrading && member.url.scheme == Scheme::Http);
         let sent = match direct {
             Some(direct) => {
-                let send = direct.send(&parts.method, &uri, &member.origin, &attempt_headers);
+                // As an absolute URI would: an empty path is `/`.
+                if !target.starts_with('/') {
+                    target.insert(0, '/');
+                }
+                if !forward::is_request_target(&target) {
+                    return Err((
+                        ProxyError::BadRequest("the request target cannot be forwarded"),
+                        label,
+                    ));
+                }
+                let send = direct.send(&parts.method, &member.origin, &target, &attempt_headers);
                 tokio::time::timeout(config.response_timeout, send)
                     .await
                     .map(|r| {
@@ -639,6 +646,12 @@ async fn forward(
                     })
             }
             None => {
+                let Ok(uri) = Uri::try_from(target) else {
+                    return Err((
+                        ProxyError::BadRequest("the request target cannot be forwarded"),
+                        label,
+                    ));
+                };
                 let mut outgoing = Request::new(UpstreamBody::new(
                     slot.clone(),
                     body_state.clone(),

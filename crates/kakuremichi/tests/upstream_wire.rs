@@ -295,7 +295,10 @@ async fn answers_that_are_not_http_are_502_and_the_gateway_carries_on() {
         .header("x-request-id", "bad-chunk")
         .body(http_body_util::Empty::<Bytes>::new())
         .expect("request");
-    let resp = sender.send_request(req).await.expect("the response head arrives");
+    let resp = sender
+        .send_request(req)
+        .await
+        .expect("the response head arrives");
     assert_eq!(resp.status(), 200);
     let body = http_body_util::BodyExt::collect(resp.into_body()).await;
     assert!(body.is_err(), "a broken chunked body must not end cleanly");

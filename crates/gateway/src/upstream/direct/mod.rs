@@ -212,16 +212,15 @@ impl DirectClient {
         &self.pools[i]
     }
 
-    /// Sends a request without body to `uri` (absolute, `http`). `origin` names the pool
-    /// (`http://host:port`). Returns the response head and its body.
+    /// Sends a request without body to `origin` (`http://host:port`, also the pool's key)
+    /// for `target` (origin-form: path and query). Returns the response head and its body.
     pub async fn send(
         &self,
         method: &Method,
-        uri: &Uri,
         origin: &Arc<str>,
+        target: &str,
         headers: &HeaderMap,
     ) -> Result<http::Response<DirectBody>, DirectError> {
-        let target = uri.path_and_query().map_or("/", |p| p.as_str());
         let mut request = Vec::with_capacity(256 + headers.len() * 32);
         head::write_request(&mut request, method, target, headers);
         let pool = self.pool();
@@ -232,10 +231,14 @@ impl DirectClient {
             let reused = pooled.is_some();
             let mut conn = match pooled.take() {
                 Some(conn) => conn,
-                None => Conn {
-                    stream: self.connector.dial_tcp(uri).await?,
-                    buf: BytesMut::new(),
-                },
+                None => {
+                    let uri = Uri::try_from(&**origin)
+                        .map_err(|_| ConnectError::NoHost(origin.to_string()))?;
+                    Conn {
+                        stream: self.connector.dial_tcp(&uri).await?,
+                        buf: BytesMut::new(),
+                    }
+                }
             };
             match exchange(&mut conn, &request, method).await {
                 Ok(head) => {
