@@ -11,8 +11,12 @@ use super::chunked::{Chunked, Step};
 use super::head::Framing;
 use super::{Conn, DirectError, Home};
 
-/// Bytes read from the upstream per read call at most, once the head is in.
-const READ_CHUNK: usize = 64 * 1024;
+/// Room made for the first body read after the head.
+const FIRST_READ: usize = 64 * 1024;
+/// Room made per read at most: a read that fills its room doubles the next one's, up to
+/// this, so a large body moves in large pieces (fewer reads here, fewer writes to the
+/// client) while a small one never takes more than it needs.
+const MAX_READ: usize = 512 * 1024;
 
 enum Left {
     /// This many bytes to go (0: done).
@@ -32,6 +36,8 @@ pub struct DirectBody {
     home: Home,
     /// An error held back for one poll (see [`DirectBody::fail`]).
     failed: Option<DirectError>,
+    /// Room to make for the next read.
+    read_size: usize,
 }
 
 impl DirectBody {
@@ -48,6 +54,7 @@ impl DirectBody {
             reusable,
             home,
             failed: None,
+            read_size: FIRST_READ,
         };
         if matches!(body.left, Left::Done) {
             body.release();
@@ -88,15 +95,19 @@ impl DirectBody {
         let Some(conn) = self.conn.as_mut() else {
             return Poll::Ready(Ok(false));
         };
-        if conn.buf.capacity() - conn.buf.len() < 4096 {
-            conn.buf.reserve(READ_CHUNK);
+        if conn.buf.capacity() - conn.buf.len() < self.read_size / 2 {
+            conn.buf.reserve(self.read_size);
         }
+        let room = conn.buf.capacity() - conn.buf.len();
         let n = ready!(tokio_util::io::poll_read_buf(
             Pin::new(&mut conn.stream),
             cx,
             &mut conn.buf
         ))
         .map_err(DirectError::Io)?;
+        if n == room {
+            self.read_size = (self.read_size * 2).min(MAX_READ);
+        }
         Poll::Ready(Ok(n > 0))
     }
 }

@@ -77,7 +77,9 @@ pub fn parse_response(
         .map_err(|_| DirectError::BadResponse("status code out of range"))?;
     let http10 = parsed.version == Some(0);
 
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    // Room for what the gateway adds (request id, policy and CORS headers) without the map
+    // growing and rehashing.
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 8);
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut transfer_encoded = false;
