@@ -12,7 +12,7 @@ use super::head::Framing;
 use super::{Conn, DirectError, Home};
 
 /// Room made for the first body read after the head.
-const FIRST_READ: usize = 64 * 1024;
+const FIRST_READ: usize = 16 * 1024;
 /// Room made per read at most: a read that fills its room doubles the next one's, up to
 /// this, so a large body moves in large pieces (fewer reads here, fewer writes to the
 /// client) while a small one never takes more than it needs.
@@ -66,10 +66,15 @@ impl DirectBody {
     /// request (nothing unread is left on it).
     fn release(&mut self) {
         self.left = Left::Done;
-        if let Some(conn) = self.conn.take()
+        if let Some(mut conn) = self.conn.take()
             && self.reusable
             && conn.buf.is_empty()
         {
+            // An emptied buffer still holds its whole allocation; one grown for a large
+            // body is not worth keeping on an idle connection.
+            if self.read_size > FIRST_READ {
+                conn.buf = bytes::BytesMut::new();
+            }
             self.home.give_back(conn);
         }
     }

@@ -39,8 +39,9 @@ const REAP_EVERY: Duration = Duration::from_secs(5);
 const MAX_IDLE: usize = 1024;
 /// Largest response head accepted.
 const MAX_HEAD: usize = 256 * 1024;
-/// A connection's read buffer is kept across requests up to this capacity.
-const KEEP_BUFFER: usize = 16 * 1024;
+/// A connection's read buffer is kept across requests up to this capacity (the body
+/// drops one it grew for a large response).
+const KEEP_BUFFER: usize = 32 * 1024;
 
 /// Why a direct request failed.
 #[derive(Debug, thiserror::Error)]
