@@ -194,6 +194,13 @@ impl Drop for ResponseBody {
     }
 }
 
+/// A polled frame with its error boxed, as [`ResponseBody`] reports them.
+fn boxed_errors<E: std::error::Error + Send + Sync + 'static>(
+    polled: Poll<Option<Result<Frame<Bytes>, E>>>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    polled.map(|frame| frame.map(|r| r.map_err(|e| Box::new(e) as BoxError)))
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -205,18 +212,8 @@ impl Body for ResponseBody {
         let this = self.get_mut();
         let polled = match &mut this.inner {
             Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Inner::Upstream(body) => match Pin::new(body).poll_frame(cx) {
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e) as BoxError))),
-                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
-            Inner::Direct(body) => match Pin::new(body).poll_frame(cx) {
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e) as BoxError))),
-                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
+            Inner::Upstream(body) => boxed_errors(Pin::new(body).poll_frame(cx)),
+            Inner::Direct(body) => boxed_errors(Pin::new(body).poll_frame(cx)),
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {

@@ -202,6 +202,25 @@ async fn kept_alive_connections_are_reused_and_dead_ones_replaced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_upstream_closed_while_idle_is_not_used() {
+    // The upstream closes each connection right after its answer, without saying so. A
+    // POST cannot be sent twice, so it only succeeds if the gateway notices the close
+    // before using the pooled connection (it checks connections idle for over a second).
+    let up = Scripted::start(|_| Answer {
+        pieces: vec![b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()],
+        close: true,
+    })
+    .await;
+    let gw = gateway_with_routes(&up.route()).start().await;
+    let mut client = KeepAlive::connect(gw.http).await;
+    assert_eq!(client.get("h", "/").await.text(), "ok");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let r = client.send("POST", "h", "/submit").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.connections(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodiless_answers_and_informational_ones() {
     let up = Scripted::start(|head| {
         let method = head.split(' ').next().unwrap_or("");

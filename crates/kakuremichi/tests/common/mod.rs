@@ -577,8 +577,15 @@ impl KeepAlive {
     }
 
     pub async fn get(&mut self, host: &str, path: &str) -> Resp {
+        self.send("GET", host, path).await
+    }
+
+    /// A request with no body (a POST then says `content-length: 0`).
+    pub async fn send(&mut self, method: &str, host: &str, path: &str) -> Resp {
         self.sender.ready().await.expect("connection ready");
-        let req = Request::get(path)
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
             .header("host", host)
             .body(Full::new(Bytes::new()))
             .unwrap();
