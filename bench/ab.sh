@@ -43,21 +43,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
 ORIGIN_PORT=$(free_port)
 mkdir -p "$TMP/origin/www" "$TMP/origin/tmp"
 printf 'Hello, world!' >"$TMP/origin/www/small"
-{
-    nginx_common "$TMP/origin" 8192
-    cat <<EOF
-http {
-$(nginx_temp_paths "$TMP/origin")
-    access_log off;
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
-    server {
-        listen 127.0.0.1:$ORIGIN_PORT backlog=4096;
-        root $TMP/origin/www;
-    }
-}
-EOF
-} >"$TMP/origin/nginx.conf"
+small_file_origin_conf "$TMP/origin" "$ORIGIN_PORT" 8192 >"$TMP/origin/nginx.conf"
 taskset -c "$LOAD_CPU" "$NGINX" -p "$TMP/origin" -e "$TMP/origin/error.log" -c "$TMP/origin/nginx.conf" &
 PIDS+=($!)
 wait_port "$ORIGIN_PORT" "$!"
@@ -68,20 +54,8 @@ for build in A B; do
     HTTPS_PORT[$build]=$(free_port)
     PLAIN_PORT[$build]=$(free_port)
     mkdir -p "$TMP/$build"
-    cat >"$TMP/$build/gateway.toml" <<EOF
-[gateway]
-http = "127.0.0.1:${PLAIN_PORT[$build]}"
-https = "127.0.0.1:${HTTPS_PORT[$build]}"
-state_dir = "state"
-redirect_https = false
-
-[tls]
-certificates = [{ cert = "$TMP/site.pem", key = "$TMP/site.key" }]
-
-[[routes]]
-name = "bench"
-upstream = "http://127.0.0.1:$ORIGIN_PORT"
-EOF
+    tls_gateway_toml "${PLAIN_PORT[$build]}" "${HTTPS_PORT[$build]}" "$ORIGIN_PORT" \
+        "$TMP/site.pem" "$TMP/site.key" >"$TMP/$build/gateway.toml"
     taskset -c "$PROXY_CPU" "${!bin_var}" gateway --config "$TMP/$build/gateway.toml" \
         --log-level "warn,kakuremichi::access=info" \
         >"$TMP/$build/access.log" 2>"$TMP/$build/stderr.log" &

@@ -132,6 +132,45 @@ nginx_temp_paths() { # nginx_temp_paths PREFIX
     scgi_temp_path $1/tmp/scgi;
 EOF
 }
+small_file_origin_conf() { # small_file_origin_conf PREFIX PORT [WORKER_CONNECTIONS] [EXTRA_SERVER_LINES]
+    # nginx.conf of the bench origin: static files from PREFIX/www on 127.0.0.1:PORT, kept-alive
+    # connections, no access log (EXTRA_SERVER_LINES may add locations that log).
+    nginx_common "$1" "${3:-4096}"
+    cat <<EOF
+http {
+$(nginx_temp_paths "$1")
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    default_type application/octet-stream;
+    server {
+        listen 127.0.0.1:$2 backlog=4096;
+        root $1/www;
+        location / { }
+${4:-}
+    }
+}
+EOF
+}
+tls_gateway_toml() { # tls_gateway_toml HTTP_PORT HTTPS_PORT ORIGIN_PORT CERT KEY [EXTRA_GATEWAY_LINES]
+    # gateway.toml of a kakuremichi TLS bench: both listeners (no redirect), one certificate,
+    # one route to the origin.
+    cat <<EOF
+[gateway]
+http = "127.0.0.1:$1"
+https = "127.0.0.1:$2"
+${6:-}
+state_dir = "state"
+redirect_https = false
+
+[tls]
+certificates = [{ cert = "$4", key = "$5" }]
+
+[[routes]]
+name = "bench"
+upstream = "http://127.0.0.1:$3"
+EOF
+}
 nginx_worker() { # nginx_worker MASTER_PID → the worker's pid
     local w
     w=$(cat "/proc/$1/task/$1/children" 2>/dev/null || true)

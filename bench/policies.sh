@@ -84,24 +84,9 @@ TOKEN="$header.$claims.$signature"
 
 # ---------------------------------------------------------------- origin
 printf 'Hello, world!' >"$TMP/origin/www/small"
-{
-    nginx_common "$TMP/origin"
-    cat <<EOF
-http {
-$(nginx_temp_paths "$TMP/origin")
-    access_log off;
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
-    default_type application/octet-stream;
-    server {
-        listen 127.0.0.1:$ORIGIN_PORT backlog=4096;
-        root $TMP/origin/www;
-        location / { }
-        location = /.well-known/jwks.json { access_log $TMP/origin/jwks.log; }
-    }
-}
-EOF
-} >"$TMP/origin/nginx.conf"
+small_file_origin_conf "$TMP/origin" "$ORIGIN_PORT" 4096 \
+    "        location = /.well-known/jwks.json { access_log $TMP/origin/jwks.log; }" \
+    >"$TMP/origin/nginx.conf"
 "$NGINX" -t -q -p "$TMP/origin" -e "$TMP/origin/error.log" -c "$TMP/origin/nginx.conf"
 
 # ---------------------------------------------------------------- kakuremichi

@@ -83,23 +83,7 @@ chmod 644 "$TMP/site.key"
 # ---------------------------------------------------------------- origin
 mkdir -p "$TMP/origin/www" "$TMP/origin/tmp"
 printf 'Hello, world!' >"$TMP/origin/www/small"
-{
-    nginx_common "$TMP/origin" 8192
-    cat <<EOF
-http {
-$(nginx_temp_paths "$TMP/origin")
-    access_log off;
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
-    default_type application/octet-stream;
-    server {
-        listen 127.0.0.1:$ORIGIN_PORT backlog=4096;
-        root $TMP/origin/www;
-        location / { }
-    }
-}
-EOF
-} >"$TMP/origin/nginx.conf"
+small_file_origin_conf "$TMP/origin" "$ORIGIN_PORT" 8192 >"$TMP/origin/nginx.conf"
 
 # ---------------------------------------------------------------- nginx terminating TLS
 # Session cache and tickets stay at nginx's defaults (no cache, tickets on); no client here
@@ -137,21 +121,8 @@ EOF
 
 # ---------------------------------------------------------------- kakuremichi
 mkdir -p "$TMP/kakuremichi"
-cat >"$TMP/kakuremichi/gateway.toml" <<EOF
-[gateway]
-http = "127.0.0.1:$KAKU_HTTP"
-https = "127.0.0.1:$KAKU_PORT"
-admin = "127.0.0.1:$KAKU_ADMIN"
-state_dir = "state"
-redirect_https = false
-
-[tls]
-certificates = [{ cert = "$TMP/site.pem", key = "$TMP/site.key" }]
-
-[[routes]]
-name = "bench"
-upstream = "http://127.0.0.1:$ORIGIN_PORT"
-EOF
+tls_gateway_toml "$KAKU_HTTP" "$KAKU_PORT" "$ORIGIN_PORT" "$TMP/site.pem" "$TMP/site.key" \
+    "admin = \"127.0.0.1:$KAKU_ADMIN\"" >"$TMP/kakuremichi/gateway.toml"
 "$KBIN" check --config "$TMP/kakuremichi/gateway.toml" >/dev/null ||
     die "kakuremichi check refused $TMP/kakuremichi/gateway.toml"
 
