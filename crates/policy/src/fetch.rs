@@ -74,7 +74,9 @@ impl HttpFetcher {
 
     /// GET `uri`, expecting 200; the whole exchange is bounded by the fetch timeout.
     pub async fn get(&self, uri: &Uri) -> Result<Fetched, FetchError> {
-        tokio::time::timeout(self.timeout, self.get_inner(uri))
+        // Boxed: a fetch is rare, and its future (connect, TLS, HTTP exchange) is several KiB
+        // that would otherwise be part of every JWT check's future, and so of every request's.
+        tokio::time::timeout(self.timeout, Box::pin(self.get_inner(uri)))
             .await
             .map_err(|_| FetchError::Timeout(self.timeout))?
     }

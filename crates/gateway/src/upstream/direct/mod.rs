@@ -235,8 +235,10 @@ impl DirectClient {
                 None => {
                     let uri = Uri::try_from(&**origin)
                         .map_err(|_| ConnectError::NoHost(origin.to_string()))?;
+                    // Boxed: dialing is the rare path, and its future would otherwise
+                    // weigh on every request's future (which is moved as it is built).
                     Conn {
-                        stream: self.connector.dial_tcp(&uri).await?,
+                        stream: Box::pin(self.connector.dial_tcp(&uri)).await?,
                         buf: BytesMut::new(),
                     }
                 }
