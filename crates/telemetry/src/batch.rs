@@ -131,8 +131,9 @@ fn write_batches(shared: &Shared) {
     }
 }
 
-impl Write for BatchWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+impl BatchWriter {
+    /// Queues `buf` (whole lines) for the writer thread; waits while too much is queued.
+    pub(crate) fn append(&self, buf: &[u8]) {
         let mut state = self.shared.lock();
         while state.pending.len() >= MAX_PENDING && !state.closed {
             state = self
@@ -144,7 +145,7 @@ impl Write for BatchWriter {
         if state.closed {
             drop(state);
             self.shared.write_out(buf);
-            return Ok(buf.len());
+            return;
         }
         let was_empty = state.pending.is_empty();
         let before = state.pending.len();
@@ -156,6 +157,12 @@ impl Write for BatchWriter {
         if was_empty || crossed {
             self.shared.lines.notify_one();
         }
+    }
+}
+
+impl Write for BatchWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.append(buf);
         Ok(buf.len())
     }
 

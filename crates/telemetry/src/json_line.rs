@@ -5,10 +5,7 @@
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
-
-use tracing_subscriber::fmt::MakeWriter;
 
 use crate::batch::BatchWriter;
 use crate::rfc3339::{Decimals, Rfc3339};
@@ -160,14 +157,13 @@ pub(crate) fn write_info(writer: &BatchWriter, target: &str, fields: impl FnOnce
         buf.push_str("\"target\":");
         escape_into(buf, target);
         buf.push_str("}\n");
-        let _ = writer.make_writer().write_all(buf.as_bytes());
+        writer.append(buf.as_bytes());
         if buf.capacity() > 64 * 1024 {
             *buf = String::with_capacity(512);
         }
     });
 }
 
-/// `"value"` with `"`, `\` and control characters escaped.
 /// Decimal digits of `value`, without the formatting machinery (this runs per request).
 fn push_u64(out: &mut String, mut value: u64) {
     let mut digits = [0u8; 20];
@@ -189,6 +185,7 @@ fn needs_escape(b: u8) -> bool {
     b == b'"' || b == b'\\' || b < b' '
 }
 
+/// `"value"` with `"`, `\` and control characters escaped.
 fn escape_into(out: &mut String, value: &str) {
     out.push('"');
     if !value.bytes().any(needs_escape) {

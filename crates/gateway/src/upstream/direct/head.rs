@@ -3,6 +3,7 @@
 //! `http::response::Parts` together with how the body that follows is framed (RFC 9112
 //! §6.3).
 
+use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
@@ -56,41 +57,114 @@ pub fn write_request(out: &mut Vec<u8>, method: &Method, target: &str, headers: 
     out.extend_from_slice(b"\r\n");
 }
 
+/// Header fields most responses fit in: parsing tries this many slots first and only
+/// retries with `MAX_RESPONSE_HEADERS` when there are more.
+const COMMON_RESPONSE_HEADERS: usize = 32;
+
+/// Where one header field lies in the head: name and value as byte ranges.
+#[derive(Clone, Copy, Default)]
+struct FieldSpan {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
 /// Parses a response head from the start of `buf`. `Ok(None)`: the head is not complete
-/// yet. `Ok(Some((head, len)))`: the head and how many bytes of `buf` it took.
+/// yet, `buf` is untouched. `Ok(Some(head))`: the head's bytes were split off `buf`; the
+/// header values share them instead of being copied one by one.
 pub fn parse_response(
-    buf: &[u8],
+    buf: &mut BytesMut,
     method: &Method,
-) -> Result<Option<(ResponseHead, usize)>, DirectError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+) -> Result<Option<ResponseHead>, DirectError> {
+    let mut small = [FieldSpan::default(); COMMON_RESPONSE_HEADERS];
+    match scan_response(buf, &mut small)? {
+        Scan::Partial => Ok(None),
+        Scan::Complete(found) => Ok(Some(build_head(buf, found, &small, method)?)),
+        Scan::TooMany => {
+            let mut large = [FieldSpan::default(); MAX_RESPONSE_HEADERS];
+            match scan_response(buf, &mut large)? {
+                Scan::Partial => Ok(None),
+                Scan::Complete(found) => Ok(Some(build_head(buf, found, &large, method)?)),
+                Scan::TooMany => Err(DirectError::BadResponse("more than 128 header fields")),
+            }
+        }
+    }
+}
+
+/// What one parse of the head found: its length, status, version and field count.
+struct Found {
+    len: usize,
+    code: u16,
+    http10: bool,
+    fields: usize,
+}
+
+enum Scan {
+    Partial,
+    Complete(Found),
+    /// More fields than `spans` has room for.
+    TooMany,
+}
+
+/// Runs `httparse` over `buf` with as many header slots as `spans` has, and records where
+/// each field is.
+fn scan_response<const N: usize>(
+    buf: &[u8],
+    spans: &mut [FieldSpan; N],
+) -> Result<Scan, DirectError> {
+    let mut slots = [httparse::EMPTY_HEADER; N];
     let mut parsed = httparse::Response::new(&mut slots);
     let len = match parsed.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(DirectError::BadResponse("more than 128 header fields"));
-        }
+        Ok(httparse::Status::Partial) => return Ok(Scan::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Ok(Scan::TooMany),
         Err(_) => return Err(DirectError::BadResponse("not an HTTP/1.x response head")),
     };
-    let code = parsed.code.unwrap_or(0);
-    let status = StatusCode::from_u16(code)
+    let base = buf.as_ptr() as usize;
+    let range = |part: &[u8]| {
+        let start = part.as_ptr() as usize - base;
+        (start as u32, (start + part.len()) as u32)
+    };
+    for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
+        *span = FieldSpan {
+            name: range(h.name.as_bytes()),
+            value: range(h.value),
+        };
+    }
+    Ok(Scan::Complete(Found {
+        len,
+        code: parsed.code.unwrap_or(0),
+        http10: parsed.version == Some(0),
+        fields: parsed.headers.len(),
+    }))
+}
+
+/// Splits the head off `buf` and makes the response parts and framing from it.
+fn build_head(
+    buf: &mut BytesMut,
+    found: Found,
+    spans: &[FieldSpan],
+    method: &Method,
+) -> Result<ResponseHead, DirectError> {
+    let status = StatusCode::from_u16(found.code)
         .map_err(|_| DirectError::BadResponse("status code out of range"))?;
-    let http10 = parsed.version == Some(0);
+    let http10 = found.http10;
+    let head = buf.split_to(found.len).freeze();
+    let slice = |(start, end): (u32, u32)| head.slice(start as usize..end as usize);
 
     // Room for what the gateway adds (request id, policy and CORS headers) without the map
     // growing and rehashing.
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 8);
+    let mut headers = HeaderMap::with_capacity(found.fields + 8);
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut transfer_encoded = false;
     let mut close = http10;
-    for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
+    for span in &spans[..found.fields] {
+        let (name_start, name_end) = span.name;
+        let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
             .map_err(|_| DirectError::BadResponse("invalid header name"))?;
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| DirectError::BadResponse("invalid header value"))?;
+        let raw = slice(span.value);
         if name == header::CONTENT_LENGTH {
-            let n = parse_length(h.value)?;
+            let n = parse_length(&raw)?;
             if length.is_some_and(|seen| seen != n) {
                 return Err(DirectError::BadResponse(
                     "conflicting Content-Length fields",
@@ -100,14 +174,16 @@ pub fn parse_response(
         } else if name == header::TRANSFER_ENCODING {
             transfer_encoded = true;
             // Only the last coding decides whether the body is chunked.
-            chunked = last_token(h.value).is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+            chunked = last_token(&raw).is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
         } else if name == header::CONNECTION {
-            if has_token(h.value, b"close") {
+            if has_token(&raw, b"close") {
                 close = true;
-            } else if http10 && has_token(h.value, b"keep-alive") {
+            } else if http10 && has_token(&raw, b"keep-alive") {
                 close = false;
             }
         }
+        let value = HeaderValue::from_maybe_shared(raw)
+            .map_err(|_| DirectError::BadResponse("invalid header value"))?;
         headers.append(name, value);
     }
 
@@ -143,14 +219,11 @@ pub fn parse_response(
     };
     *response.headers_mut() = headers;
     let (parts, ()) = response.into_parts();
-    Ok(Some((
-        ResponseHead {
-            parts,
-            framing,
-            reusable,
-        },
-        len,
-    )))
+    Ok(ResponseHead {
+        parts,
+        framing,
+        reusable,
+    })
 }
 
 fn parse_length(value: &[u8]) -> Result<u64, DirectError> {
@@ -193,10 +266,12 @@ mod tests {
     use super::*;
 
     fn parse(text: &str, method: Method) -> ResponseHead {
-        let (head, len) = parse_response(text.as_bytes(), &method)
+        let mut buf = BytesMut::from(text);
+        let head = parse_response(&mut buf, &method)
             .expect("valid head")
             .expect("complete head");
-        assert_eq!(len, text.find("\r\n\r\n").expect("head end") + 4);
+        let body_start = text.find("\r\n\r\n").expect("head end") + 4;
+        assert_eq!(&buf[..], &text.as_bytes()[body_start..]);
         head
     }
 
@@ -223,8 +298,11 @@ mod tests {
 
     #[test]
     fn partial_head_waits_for_more() {
-        let got = parse_response(b"HTTP/1.1 200 OK\r\ncontent-len", &Method::GET).unwrap();
+        let text = "HTTP/1.1 200 OK\r\ncontent-len";
+        let mut buf = BytesMut::from(text);
+        let got = parse_response(&mut buf, &Method::GET).unwrap();
         assert!(got.is_none());
+        assert_eq!(&buf[..], text.as_bytes());
     }
 
     #[test]
@@ -302,6 +380,26 @@ mod tests {
     }
 
     #[test]
+    fn heads_with_many_fields_parse_up_to_the_limit() {
+        let head_with = |fields: usize| {
+            let mut text = String::from("HTTP/1.1 200 OK\r\n");
+            for i in 0..fields - 1 {
+                text.push_str(&format!("x-f{i}: v{i}\r\n"));
+            }
+            text.push_str("Content-Length: 2\r\n\r\nok");
+            text
+        };
+        let h = parse(&head_with(40), Method::GET);
+        assert_eq!(h.parts.headers.len(), 40);
+        assert_eq!(h.parts.headers["x-f38"], "v38");
+        assert_eq!(h.framing, Framing::Length(2));
+        let h = parse(&head_with(128), Method::GET);
+        assert_eq!(h.parts.headers.len(), 128);
+        let mut over = BytesMut::from(head_with(129).as_str());
+        assert!(parse_response(&mut over, &Method::GET).is_err());
+    }
+
+    #[test]
     fn bad_heads_are_errors() {
         for text in [
             "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
@@ -311,7 +409,7 @@ mod tests {
             "SSH-2.0-OpenSSH\r\n\r\n",
         ] {
             assert!(
-                parse_response(text.as_bytes(), &Method::GET).is_err(),
+                parse_response(&mut BytesMut::from(text), &Method::GET).is_err(),
                 "{text}"
             );
         }

@@ -287,9 +287,8 @@ async fn exchange(
     loop {
         if !conn.buf.is_empty() {
             answered = true;
-            match head::parse_response(&conn.buf, method).map_err(Failure::Other)? {
-                Some((head, len)) => {
-                    let _ = conn.buf.split_to(len);
+            match head::parse_response(&mut conn.buf, method).map_err(Failure::Other)? {
+                Some(head) => {
                     if head.parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
                         return Err(Failure::Other(DirectError::UnaskedUpgrade));
                     }
