@@ -31,9 +31,45 @@ pub struct RequestBodyState {
     pub client_error: AtomicBool,
 }
 
+/// A client's request body: what hyper read, or none at all for a request the gateway's
+/// own HTTP/1.1 loop parsed (it only takes requests without a body).
+pub enum ClientBody {
+    Hyper(Incoming),
+    Empty,
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(inner) => Pin::new(inner).poll_frame(cx),
+            ClientBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(inner) => inner.is_end_stream(),
+            ClientBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(inner) => inner.size_hint(),
+            ClientBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 /// The client's request body on its way upstream.
 pub struct UpstreamBody {
-    slot: Arc<Mutex<Option<Incoming>>>,
+    slot: Arc<Mutex<Option<ClientBody>>>,
     state: Arc<RequestBodyState>,
     limit: Option<u64>,
     seen: u64,
@@ -51,7 +87,7 @@ impl UpstreamBody {
     }
 
     pub fn new(
-        slot: Arc<Mutex<Option<Incoming>>>,
+        slot: Arc<Mutex<Option<ClientBody>>>,
         state: Arc<RequestBodyState>,
         limit: Option<u64>,
     ) -> Self {

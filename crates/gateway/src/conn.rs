@@ -70,6 +70,13 @@ impl ConnPhase {
         self.phase.store(AWAITING_HEAD, Ordering::Release);
     }
 
+    /// When the request head now awaited must have arrived: `timeout` after the connection
+    /// opened or the last response finished.
+    pub fn head_deadline(&self, timeout: Duration) -> Instant {
+        let since = self.awaiting_since_ms.load(Ordering::Acquire);
+        self.opened + Duration::from_millis(since) + timeout
+    }
+
     /// The connection was handed over to an upgrade (WebSocket): no more header deadline.
     pub fn upgraded(&self) {
         self.phase.store(UPGRADED, Ordering::Release);
@@ -254,7 +261,7 @@ impl<S: AsyncRead + AsyncWrite> AsyncRead for ConnIo<S> {
             let generation = this.phase.generation.load(Ordering::Acquire);
             let since = this.phase.awaiting_since_ms.load(Ordering::Acquire);
             if *this.armed_for != Some(generation) {
-                let deadline = this.phase.opened + Duration::from_millis(since) + *this.timeout;
+                let deadline = this.phase.head_deadline(*this.timeout);
                 this.sleep.as_mut().reset(deadline.into());
                 *this.armed_for = Some(generation);
                 *this.head_bytes = 0;

@@ -10,13 +10,12 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 use kakuremichi_config::net::{Scheme, canonical_ip};
 use kakuremichi_router::{Lookup, normalize_host, normalize_path, strip_prefix};
 use tokio_util::sync::CancellationToken;
 
 use crate::access_log::AccessRecord;
-use crate::body::{RequestBodyState, ResponseBody, UpstreamBody, Upstreamed};
+use crate::body::{ClientBody, RequestBodyState, ResponseBody, UpstreamBody, Upstreamed};
 use crate::conn::ConnInfo;
 use crate::error::{self, ProxyError};
 use crate::forward::{self, ForwardedFacts};
@@ -249,7 +248,7 @@ impl std::fmt::Display for DisplayChain<'_> {
 pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     conn.phase.request_started();
     let rt = shared.runtime.load_full();
@@ -286,7 +285,7 @@ pub async fn handle(
 
 async fn route_request(
     ctx: &Ctx,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     host_value: Option<HeaderValue>,
 ) -> Response<ResponseBody> {
     let headers = req.headers();
@@ -519,7 +518,7 @@ async fn forward(
     route: &Arc<RouteRuntime>,
     prefix: &str,
     path: &str,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     host_value: Option<HeaderValue>,
 ) -> Result<Response<ResponseBody>, Failure> {
     let config = &route.config;

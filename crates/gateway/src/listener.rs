@@ -17,7 +17,9 @@ use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::body::ClientBody;
 use crate::conn::{ConnHold, ConnInfo, ConnIo, ConnPhase};
+use crate::h1;
 use crate::handler::{self, Shared};
 use crate::head_reject::HeadRejects;
 
@@ -202,10 +204,30 @@ async fn serve_http1<S>(
         phase: phase.clone(),
         hold,
     });
+    // The gateway's own loop serves the common requests; hyper takes over at the first one
+    // it does not (see `h1`).
+    let serving = h1::Serving {
+        shared,
+        info: &info,
+        header_timeout,
+        max_head: usize::try_from(max_header_size).unwrap_or(usize::MAX),
+        shutdown,
+    };
+    let ended = tokio::select! {
+        ended = h1::serve(stream, serving) => ended,
+        _ = shared.hard_stop.cancelled() => return,
+    };
+    let h1::Ending::HandOver(stream) = ended else {
+        return;
+    };
     let io = TokioIo::new(ConnIo::new(stream, phase, header_timeout, rejects));
     let service_shared = shared.clone();
     let service = hyper::service::service_fn(move |req| {
-        handler::handle(service_shared.clone(), info.clone(), req)
+        handler::handle(
+            service_shared.clone(),
+            info.clone(),
+            req.map(ClientBody::Hyper),
+        )
     });
     let mut builder = http1::Builder::new();
     builder
@@ -248,7 +270,11 @@ where
     });
     let service_shared = shared.clone();
     let service = hyper::service::service_fn(move |req| {
-        handler::handle(service_shared.clone(), info.clone(), req)
+        handler::handle(
+            service_shared.clone(),
+            info.clone(),
+            req.map(ClientBody::Hyper),
+        )
     });
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder

@@ -58,7 +58,7 @@ impl fmt::Display for Rfc3339 {
 
 /// Year, month, day of a count of days since 1970-01-01 (proleptic Gregorian calendar;
 /// Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     // Shift the epoch to 0000-03-01 so that leap days fall at the end of a 400-year era.
     let z = days + 719_468;
     let era = z.div_euclid(146_097);

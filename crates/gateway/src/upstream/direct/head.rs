@@ -8,6 +8,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
 use super::DirectError;
+use crate::field_tokens::{has_token, last_token};
 
 /// Header fields an upstream response head may have.
 const MAX_RESPONSE_HEADERS: usize = 128;
@@ -244,21 +245,6 @@ fn parse_length(value: &[u8]) -> Result<u64, DirectError> {
         found = Some(n);
     }
     found.ok_or(bad)
-}
-
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
-}
-
-fn last_token(value: &[u8]) -> Option<&[u8]> {
-    tokens(value).last()
-}
-
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    tokens(value).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 #[cfg(test)]
