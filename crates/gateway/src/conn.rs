@@ -89,7 +89,8 @@ const REQUEST_LINE_KEPT: usize = 256;
 /// Watches the bytes of a request head as they are read, for the one thing hyper does not
 /// pass on: a head with both `Content-Length` and `Transfer-Encoding` (hyper drops one of
 /// them and goes on). Keeps the start of the request line, for the access line of a head
-/// that is rejected. Stops at the blank line that ends the head.
+/// that is rejected, and counts the head's bytes for `max_header_size`. Stops at the blank
+/// line that ends the head.
 struct HeadScan {
     done: bool,
     request_line: [u8; REQUEST_LINE_KEPT],
@@ -102,6 +103,8 @@ struct HeadScan {
     name_len: usize,
     content_length: bool,
     transfer_encoding: bool,
+    /// Bytes of the head seen so far (all of it once `done`).
+    len: usize,
 }
 
 impl Default for HeadScan {
@@ -117,6 +120,7 @@ impl Default for HeadScan {
             name_len: 0,
             content_length: false,
             transfer_encoding: false,
+            len: 0,
         }
     }
 }
@@ -132,6 +136,7 @@ impl HeadScan {
             if self.done {
                 return false;
             }
+            self.len += 1;
             match b {
                 b'\n' => {
                     if self.line_len > 0 {
@@ -179,7 +184,8 @@ impl HeadScan {
 pin_project_lite::pin_project! {
     /// The client socket as hyper sees it. While a request head is awaited, reading is
     /// bounded by `header_timeout`: when it passes, a 408 is written (unless an idle
-    /// kept-alive connection had not started a new request) and the read side reports EOF.
+    /// kept-alive connection had not started a new request) and the read side reports EOF;
+    /// a head still unfinished past `max_header_size` bytes gets a 431 the same way.
     /// When hyper answers a head it cannot parse (400, 414, 431), the gateway's own answer
     /// is written instead of hyper's.
     pub struct ConnIo<S> {
@@ -187,11 +193,13 @@ pin_project_lite::pin_project! {
         inner: S,
         phase: Arc<ConnPhase>,
         timeout: Duration,
+        // `max_header_size`: hyper's own limit cannot go below 8 KiB.
+        max_head: u64,
         sleep: Pin<Box<Sleep>>,
         armed_for: Option<u64>,
         head_bytes: usize,
         scan: HeadScan,
-        timed_out: bool,
+        ended: bool,
         rejects: HeadRejects,
         // hyper's answer was replaced: what it writes after it goes nowhere.
         replaced: bool,
@@ -199,17 +207,24 @@ pin_project_lite::pin_project! {
 }
 
 impl<S> ConnIo<S> {
-    pub fn new(inner: S, phase: Arc<ConnPhase>, timeout: Duration, rejects: HeadRejects) -> Self {
+    pub fn new(
+        inner: S,
+        phase: Arc<ConnPhase>,
+        timeout: Duration,
+        max_head: u64,
+        rejects: HeadRejects,
+    ) -> Self {
         let deadline = phase.opened + timeout;
         ConnIo {
             inner,
             phase,
             timeout,
+            max_head,
             sleep: Box::pin(tokio::time::sleep_until(deadline.into())),
             armed_for: None,
             head_bytes: 0,
             scan: HeadScan::default(),
-            timed_out: false,
+            ended: false,
             rejects,
             replaced: false,
         }
@@ -253,7 +268,7 @@ impl<S: AsyncRead + AsyncWrite> AsyncRead for ConnIo<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let mut this = self.project();
-        if *this.timed_out {
+        if *this.ended {
             return Poll::Ready(Ok(()));
         }
         let awaiting = this.phase.phase.load(Ordering::Acquire) == AWAITING_HEAD;
@@ -268,7 +283,7 @@ impl<S: AsyncRead + AsyncWrite> AsyncRead for ConnIo<S> {
                 *this.scan = HeadScan::default();
             }
             if this.sleep.as_mut().poll(cx).is_ready() {
-                *this.timed_out = true;
+                *this.ended = true;
                 if since == 0 || *this.head_bytes > 0 {
                     let answer = this.rejects.answer(
                         StatusCode::REQUEST_TIMEOUT,
@@ -285,11 +300,27 @@ impl<S: AsyncRead + AsyncWrite> AsyncRead for ConnIo<S> {
             }
         }
         let before = buf.filled().len();
-        let result = this.inner.poll_read(cx, buf);
+        let result = this.inner.as_mut().poll_read(cx, buf);
         if awaiting && matches!(result, Poll::Ready(Ok(()))) {
             *this.head_bytes += buf.filled().len() - before;
             if this.scan.feed(&buf.filled()[before..]) {
                 this.phase.framing_conflict.store(true, Ordering::Release);
+            }
+            if this.scan.len as u64 > *this.max_head {
+                // A head over the limit, whole or not: 431, and hyper reads the end of the
+                // stream (anything it writes after goes nowhere).
+                let answer = this.rejects.answer(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    this.scan.request_line(),
+                    *this.head_bytes as u64,
+                );
+                let _ = this.inner.as_mut().poll_write(cx, &answer);
+                let _ = this.inner.as_mut().poll_flush(cx);
+                *this.ended = true;
+                *this.replaced = true;
+                buf.set_filled(before);
+                tracing::debug!("closing a connection whose request head is over max_header_size");
+                return Poll::Ready(Ok(()));
             }
         }
         result

@@ -220,7 +220,13 @@ async fn serve_http1<S>(
     let h1::Ending::HandOver(stream) = ended else {
         return;
     };
-    let io = TokioIo::new(ConnIo::new(stream, phase, header_timeout, rejects));
+    let io = TokioIo::new(ConnIo::new(
+        stream,
+        phase,
+        header_timeout,
+        max_header_size,
+        rejects,
+    ));
     let service_shared = shared.clone();
     let service = hyper::service::service_fn(move |req| {
         handler::handle(

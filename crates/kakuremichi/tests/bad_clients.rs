@@ -99,6 +99,48 @@ async fn a_head_over_max_header_size_gets_431() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_under_8_kib_holds_for_first_and_later_requests() {
+    // hyper's own parser cannot be set below 8 KiB; the gateway counts the head itself.
+    let (_o, mut gw) = start("max_header_size = \"2KiB\"").await;
+    let big = |path: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: h\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(4 << 10)
+        )
+    };
+    // As the first request, complete in one write.
+    let mut c = RawConn::connect(gw.http).await;
+    c.send(big("/first").as_bytes()).await;
+    let r = c
+        .read_response(Duration::from_secs(10), false)
+        .await
+        .expect("a 431 response");
+    assert_own_answer(&gw, &r, 431, "header_too_large").await;
+    assert!(c.closed_within(Duration::from_secs(5)).await);
+    // After a request with a body (served by hyper), and after one without.
+    for first in [
+        "POST /one HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi",
+        "GET /one HTTP/1.1\r\nHost: h\r\n\r\n",
+    ] {
+        let mut c = RawConn::connect(gw.http).await;
+        c.send(first.as_bytes()).await;
+        let r = c
+            .read_response(Duration::from_secs(10), false)
+            .await
+            .expect("an answer");
+        assert_eq!(r.status, 200, "{first:?}");
+        c.send(big("/later").as_bytes()).await;
+        let r = c
+            .read_response(Duration::from_secs(10), false)
+            .await
+            .expect("a 431 response");
+        assert_own_answer(&gw, &r, 431, "header_too_large").await;
+        assert!(c.closed_within(Duration::from_secs(5)).await);
+    }
+    still_serving(&mut gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slowloris_connection_gets_408_and_is_closed() {
     let (origin, mut gw) = start("header_timeout = \"1s\"").await;
 
