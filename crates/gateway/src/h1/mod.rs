@@ -106,7 +106,13 @@ where
             return hand_over(stream, buf);
         };
         let method = head.request.method().clone();
-        let handling = handler::handle(serving.shared.clone(), serving.info.clone(), head.request);
+        // Pinned where it is made: the request's future is large, and every move of it
+        // is a copy.
+        let handling = std::pin::pin!(handler::handle(
+            serving.shared.clone(),
+            serving.info.clone(),
+            head.request
+        ));
         let Some(response) = respond_unless_gone(handling, &mut stream, &mut buf).await else {
             // The client closed its side: the request is dropped, as hyper's server does.
             return Ending::Closed;
@@ -136,17 +142,16 @@ async fn close_connection<S: AsyncWrite + Unpin>(mut stream: S) -> Ending<S> {
 
 /// Awaits the handler's response while watching the client: bytes that arrive (a pipelined
 /// request) are kept in `buf`; the end of the stream or an error cancels the request.
-async fn respond_unless_gone<S, F>(
-    handling: F,
+fn respond_unless_gone<S, F>(
+    mut handling: Pin<&mut F>,
     stream: &mut S,
     buf: &mut BytesMut,
-) -> Option<Response<ResponseBody>>
+) -> impl Future<Output = Option<Response<ResponseBody>>>
 where
     S: AsyncRead + Unpin,
     F: Future<Output = Result<Response<ResponseBody>, std::convert::Infallible>>,
 {
-    let mut handling = std::pin::pin!(handling);
-    poll_fn(|cx| {
+    poll_fn(move |cx| {
         if let Poll::Ready(Ok(response)) = handling.as_mut().poll(cx) {
             return Poll::Ready(Some(response));
         }
@@ -162,7 +167,6 @@ where
         }
         Poll::Pending
     })
-    .await
 }
 
 /// Writes the response; true when it ended cleanly and the connection may carry another.
