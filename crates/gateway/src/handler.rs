@@ -280,98 +280,13 @@ pub async fn handle(
         bytes_in: Arc::default(),
         identity: std::sync::OnceLock::new(),
     };
-    Ok(route_request(&ctx, req, host_value).await)
-}
-
-async fn route_request(
-    ctx: &Ctx,
-    req: Request<ClientBody>,
-    host_value: Option<HeaderValue>,
-) -> Response<ResponseBody> {
-    let headers = req.headers();
-    // Request smuggling: a message framed two ways is refused and the connection closed.
-    // hyper drops one of the two headers, so the connection's head scan reports it too.
-    if ctx.conn.phase.take_framing_conflict()
-        || (headers.contains_key(header::TRANSFER_ENCODING)
-            && headers.contains_key(header::CONTENT_LENGTH))
-    {
-        return ctx.error_response(
-            ProxyError::BadRequest("both Content-Length and Transfer-Encoding are present"),
-            None,
-            None,
-        );
-    }
-    if headers.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
-        return ctx.error_response(
-            ProxyError::BadRequest("more than one Content-Length"),
-            None,
-            None,
-        );
-    }
-    if headers.get_all(header::HOST).iter().count() > 1 {
-        return ctx.error_response(
-            ProxyError::BadRequest("more than one Host header"),
-            None,
-            None,
-        );
-    }
-    if req.method() == Method::CONNECT {
-        return ctx.error_response(
-            ProxyError::BadRequest("CONNECT is not supported"),
-            None,
-            None,
-        );
-    }
-    if !ctx.conn.https
-        && let Some(response) = ctx.acme_challenge()
-    {
-        return response;
-    }
-    if !ctx.conn.https
-        && ctx.rt.settings.redirect_https
-        && let Some(https) = ctx.rt.settings.https
-        && !ctx.path.starts_with("/.well-known/acme-challenge/")
-    {
-        return redirect_to_https(ctx, https.port(), req.uri());
-    }
-    let Ok(path) = normalize_path(&ctx.path) else {
-        return ctx.error_response(
-            ProxyError::BadRequest("the path is not a valid absolute path"),
-            None,
-            None,
-        );
-    };
-    let path = path.into_owned();
-    let (route, prefix) = match ctx.rt.table.lookup(&ctx.host, &path, &ctx.method) {
-        Lookup::Found { value, prefix } => (value.clone(), prefix.to_string()),
-        Lookup::MethodNotAllowed { allow } => match preflight_route(ctx, req.headers(), &path) {
-            Some(found) => found,
-            None => return ctx.error_response(ProxyError::MethodNotAllowed(allow), None, None),
-        },
-        Lookup::NotFound => return ctx.error_response(ProxyError::NoRoute, None, None),
+    // The route's checks and the forwarding are awaited here rather than in a function of
+    // their own: each level of nested futures is copied whole when it starts.
+    let (route, prefix, path) = match admit(&ctx, &req) {
+        Ok(admitted) => admitted,
+        Err(response) => return Ok(*response),
     };
     let name = Some(&route);
-    let config = &route.config;
-    if !config.enabled {
-        return ctx.error_response(ProxyError::RouteDisabled, name, None);
-    }
-    if let Some(ip) = &config.ip {
-        let denied = ip.deny.iter().any(|c| c.contains(ctx.client_ip));
-        let allowed = ip.allow.is_empty() || ip.allow.iter().any(|c| c.contains(ctx.client_ip));
-        if denied || !allowed {
-            return ctx.error_response(ProxyError::IpDenied, name, None);
-        }
-    }
-    if let Some(max) = config.max_body {
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max) {
-            return ctx.error_response(ProxyError::BodyTooLarge, name, None);
-        }
-    }
     let mut outcome = None;
     let req = match &route.policies {
         None => req,
@@ -385,19 +300,137 @@ async fn route_request(
                     });
                     outcome = Some(o);
                 }
-                Decision::Respond(answer) => return ctx.policy_answer(answer, &route),
+                Decision::Respond(answer) => return Ok(ctx.policy_answer(answer, &route)),
             }
             Request::from_parts(head, body)
         }
     };
-    let mut response = match forward(ctx, &route, &prefix, &path, req, host_value).await {
+    let mut response = match forward(&ctx, &route, &prefix, &path, req, host_value).await {
         Ok(response) => response,
         Err((err, upstream)) => ctx.error_response(err, name, upstream),
     };
     if let Some(outcome) = &outcome {
         outcome.apply_to_response(response.headers_mut());
     }
-    response
+    Ok(response)
+}
+
+/// Everything decided before the route's policies: the request is well formed, which
+/// route takes it, and the route's own checks. `Err` is the answer when any says no (boxed:
+/// the common outcome is `Ok`, and a small result is cheaper to return).
+fn admit(
+    ctx: &Ctx,
+    req: &Request<ClientBody>,
+) -> Result<(Arc<RouteRuntime>, String, String), Box<Response<ResponseBody>>> {
+    let headers = req.headers();
+    // Request smuggling: a message framed two ways is refused and the connection closed.
+    // hyper drops one of the two headers, so the connection's head scan reports it too.
+    if ctx.conn.phase.take_framing_conflict()
+        || (headers.contains_key(header::TRANSFER_ENCODING)
+            && headers.contains_key(header::CONTENT_LENGTH))
+    {
+        return Err(Box::new(ctx.error_response(
+            ProxyError::BadRequest("both Content-Length and Transfer-Encoding are present"),
+            None,
+            None,
+        )));
+    }
+    if headers.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+        return Err(Box::new(ctx.error_response(
+            ProxyError::BadRequest("more than one Content-Length"),
+            None,
+            None,
+        )));
+    }
+    if headers.get_all(header::HOST).iter().count() > 1 {
+        return Err(Box::new(ctx.error_response(
+            ProxyError::BadRequest("more than one Host header"),
+            None,
+            None,
+        )));
+    }
+    if req.method() == Method::CONNECT {
+        return Err(Box::new(ctx.error_response(
+            ProxyError::BadRequest("CONNECT is not supported"),
+            None,
+            None,
+        )));
+    }
+    if !ctx.conn.https
+        && let Some(response) = ctx.acme_challenge()
+    {
+        return Err(Box::new(response));
+    }
+    if !ctx.conn.https
+        && ctx.rt.settings.redirect_https
+        && let Some(https) = ctx.rt.settings.https
+        && !ctx.path.starts_with("/.well-known/acme-challenge/")
+    {
+        return Err(Box::new(redirect_to_https(ctx, https.port(), req.uri())));
+    }
+    let Ok(path) = normalize_path(&ctx.path) else {
+        return Err(Box::new(ctx.error_response(
+            ProxyError::BadRequest("the path is not a valid absolute path"),
+            None,
+            None,
+        )));
+    };
+    let path = path.into_owned();
+    let (route, prefix) = match ctx.rt.table.lookup(&ctx.host, &path, &ctx.method) {
+        Lookup::Found { value, prefix } => (value.clone(), prefix.to_string()),
+        Lookup::MethodNotAllowed { allow } => match preflight_route(ctx, req.headers(), &path) {
+            Some(found) => found,
+            None => {
+                return Err(Box::new(ctx.error_response(
+                    ProxyError::MethodNotAllowed(allow),
+                    None,
+                    None,
+                )));
+            }
+        },
+        Lookup::NotFound => {
+            return Err(Box::new(ctx.error_response(
+                ProxyError::NoRoute,
+                None,
+                None,
+            )));
+        }
+    };
+    let name = Some(&route);
+    let config = &route.config;
+    if !config.enabled {
+        return Err(Box::new(ctx.error_response(
+            ProxyError::RouteDisabled,
+            name,
+            None,
+        )));
+    }
+    if let Some(ip) = &config.ip {
+        let denied = ip.deny.iter().any(|c| c.contains(ctx.client_ip));
+        let allowed = ip.allow.is_empty() || ip.allow.iter().any(|c| c.contains(ctx.client_ip));
+        if denied || !allowed {
+            return Err(Box::new(ctx.error_response(
+                ProxyError::IpDenied,
+                name,
+                None,
+            )));
+        }
+    }
+    if let Some(max) = config.max_body {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return Err(Box::new(ctx.error_response(
+                ProxyError::BodyTooLarge,
+                name,
+                None,
+            )));
+        }
+    }
+    Ok((route, prefix, path))
 }
 
 /// A CORS preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) to a path
