@@ -37,8 +37,8 @@ pub use rewind::Rewind;
 /// Bytes asked for per read of request heads.
 const READ_SIZE: usize = 8 * 1024;
 /// Body chunks up to this size are copied after the head (or the chunk size line) to go
-/// out in one write; larger ones are written from their own buffer.
-const COALESCE: usize = 16 * 1024;
+/// out in one write; larger ones go out with what waits in one gathered write.
+const COALESCE: usize = 4 * 1024;
 /// How long a closing connection's TLS close_notify and FIN may take to go out.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
@@ -258,23 +258,80 @@ async fn write_response<S: AsyncWrite + Unpin>(
     Ok(complete && !must_close)
 }
 
-/// Adds `data` to what is waiting in `out`, or writes both when `data` is large.
+/// Adds `data` to what is waiting in `out` when it is small; otherwise writes both with one
+/// gathered write, without copying `data`.
 async fn put<S: AsyncWrite + Unpin>(
     stream: &mut S,
     out: &mut Vec<u8>,
     data: Bytes,
 ) -> io::Result<()> {
-    if data.len() <= COALESCE {
+    if data.len() <= COALESCE && out.len() + data.len() <= COALESCE * 4 {
         out.extend_from_slice(&data);
-        if out.len() >= COALESCE * 4 {
-            stream.write_all(out).await?;
-            out.clear();
-        }
         return Ok(());
     }
-    if !out.is_empty() {
-        stream.write_all(out).await?;
-        out.clear();
+    let (mut first, mut second) = (0, 0);
+    while first < out.len() || second < data.len() {
+        let bufs = [
+            io::IoSlice::new(&out[first..]),
+            io::IoSlice::new(&data[second..]),
+        ];
+        let n = poll_fn(|cx| Pin::new(&mut *stream).poll_write_vectored(cx, &bufs)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_first = n.min(out.len() - first);
+        first += from_first;
+        second += n - from_first;
     }
-    stream.write_all(&data).await
+    out.clear();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// Writes `response` through a pipe that takes at most 1 KiB at a time and returns
+    /// what came out, with `write_response`'s verdict.
+    async fn written(response: Response<ResponseBody>, method: Method) -> (Vec<u8>, bool) {
+        let (mut near, mut far) = tokio::io::duplex(1024);
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            far.read_to_end(&mut all).await.map(|_| all)
+        });
+        let mut out = Vec::new();
+        let clean = write_response(&mut near, &mut out, response, &method, false)
+            .await
+            .expect("written");
+        drop(near);
+        (reader.await.expect("reader").expect("read"), clean)
+    }
+
+    #[tokio::test]
+    async fn a_large_body_goes_out_whole_through_partial_writes() {
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let response = Response::new(ResponseBody::full(Bytes::from(body.clone()), None, None));
+        let (bytes, clean) = written(response, Method::GET).await;
+        assert!(clean);
+        let split = bytes
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a head")
+            + 4;
+        let head = String::from_utf8_lossy(&bytes[..split]);
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(head.contains("content-length: 100000\r\n"), "{head}");
+        assert_eq!(&bytes[split..], &body[..]);
+    }
+
+    #[tokio::test]
+    async fn head_answers_stop_after_the_head() {
+        let response = Response::new(ResponseBody::full(Bytes::from_static(b"hello"), None, None));
+        let (bytes, clean) = written(response, Method::HEAD).await;
+        assert!(clean);
+        let text = String::from_utf8(bytes).expect("text");
+        assert!(text.contains("content-length: 5\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n"), "{text}");
+    }
 }
