@@ -115,3 +115,40 @@ async fn head_gets_the_length_and_no_body_and_every_answer_has_a_date() {
     assert!(r.header("date").is_some());
     assert!(r.header("x-request-id").is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_deadline_counts_from_the_last_response_and_idle_ends_quietly() {
+    let origin = Origin::echo("o").await;
+    let gw = gateway(
+        "header_timeout = \"1s\"",
+        &format!(
+            "[[routes]]\nname = \"r\"\nhosts = [\"h\"]\nupstream = \"{}\"\n",
+            origin.url()
+        ),
+    )
+    .start()
+    .await;
+    let mut c = RawConn::connect(gw.http).await;
+    // Requests 0.6 s apart: together past one header_timeout from the connection's start,
+    // each well within one from the previous response.
+    for path in ["/a", "/b", "/c"] {
+        c.send(format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes())
+            .await;
+        let r = c.read_response(WAIT, false).await.expect("an answer");
+        assert_eq!(r.json()["path"], path);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    // Idle past the deadline: closed without a 408 (no request was started).
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut c.stream, &mut rest),
+    )
+    .await;
+    assert!(read.is_ok(), "the idle connection was not closed");
+    assert!(
+        rest.is_empty(),
+        "an idle connection got {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+}

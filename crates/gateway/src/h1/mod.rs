@@ -67,15 +67,14 @@ where
     let phase = serving.info.phase.clone();
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let mut out: Vec<u8> = Vec::with_capacity(1024);
-    let mut deadline = Box::pin(tokio::time::sleep_until(
-        phase.head_deadline(serving.header_timeout).into(),
-    ));
+    // The header deadline only moves later, so the timer stays armed where it is and is
+    // moved on only when it fires early: no timer work per request.
+    let mut armed = phase.head_deadline(serving.header_timeout);
+    let mut deadline = Box::pin(tokio::time::sleep_until(armed.into()));
     let mut stopping = Box::pin(serving.shutdown.clone().cancelled_owned());
     loop {
         if buf.is_empty() {
-            deadline
-                .as_mut()
-                .reset(phase.head_deadline(serving.header_timeout).into());
+            let due = phase.head_deadline(serving.header_timeout);
             let waited = poll_fn(|cx| {
                 if buf.capacity() - buf.len() < READ_SIZE / 4 {
                     buf.reserve(READ_SIZE);
@@ -88,8 +87,12 @@ where
                 if stopping.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Wait::Closed);
                 }
-                if deadline.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Wait::Deadline);
+                while deadline.as_mut().poll(cx).is_ready() {
+                    if armed >= due {
+                        return Poll::Ready(Wait::Deadline);
+                    }
+                    armed = due;
+                    deadline.as_mut().reset(due.into());
                 }
                 Poll::Pending
             })

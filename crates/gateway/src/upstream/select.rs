@@ -127,7 +127,12 @@ impl UpstreamSet {
     /// Picks a member that is not in `tried`. Members failing their active check are never
     /// picked; members down after a failure are picked only when nothing else is left.
     pub fn pick(&self, tried: &[usize]) -> Option<(usize, Arc<Member>, InFlight)> {
-        let now = self.now_ms();
+        // The clock is read only when some member was ever marked down.
+        let ever_down = self
+            .members
+            .iter()
+            .any(|m| m.down_until_ms.load(Ordering::Relaxed) != 0);
+        let now = if ever_down { self.now_ms() } else { 0 };
         let candidates = |allow_down: bool| {
             self.members.iter().enumerate().filter(move |(i, m)| {
                 !tried.contains(i)
