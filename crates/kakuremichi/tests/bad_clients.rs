@@ -63,6 +63,16 @@ async fn assert_own_answer(gw: &Gateway, r: &common::RawResp, status: u16, code:
     assert_eq!(line["error"], code);
 }
 
+/// Reads the gateway's 431 on `c` and sees the connection closed after it.
+async fn expect_431_and_close(gw: &Gateway, c: &mut RawConn) {
+    let r = c
+        .read_response(Duration::from_secs(10), false)
+        .await
+        .expect("a 431 response, not a reset");
+    assert_own_answer(gw, &r, 431, "header_too_large").await;
+    assert!(c.closed_within(Duration::from_secs(5)).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_over_max_header_size_gets_431() {
     let (_o, mut gw) = start("max_header_size = \"16KiB\"").await;
@@ -88,12 +98,7 @@ async fn a_head_over_max_header_size_gets_431() {
     ] {
         let mut c = RawConn::connect(gw.http).await;
         c.send(head.as_bytes()).await;
-        let r = c
-            .read_response(Duration::from_secs(10), false)
-            .await
-            .expect("a 431 response, not a reset");
-        assert_own_answer(&gw, &r, 431, "header_too_large").await;
-        assert!(c.closed_within(Duration::from_secs(5)).await);
+        expect_431_and_close(&gw, &mut c).await;
     }
     still_serving(&mut gw).await;
 }
@@ -111,12 +116,7 @@ async fn a_limit_under_8_kib_holds_for_first_and_later_requests() {
     // As the first request, complete in one write.
     let mut c = RawConn::connect(gw.http).await;
     c.send(big("/first").as_bytes()).await;
-    let r = c
-        .read_response(Duration::from_secs(10), false)
-        .await
-        .expect("a 431 response");
-    assert_own_answer(&gw, &r, 431, "header_too_large").await;
-    assert!(c.closed_within(Duration::from_secs(5)).await);
+    expect_431_and_close(&gw, &mut c).await;
     // After a request with a body (served by hyper), and after one without.
     for first in [
         "POST /one HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi",
@@ -130,12 +130,7 @@ async fn a_limit_under_8_kib_holds_for_first_and_later_requests() {
             .expect("an answer");
         assert_eq!(r.status, 200, "{first:?}");
         c.send(big("/later").as_bytes()).await;
-        let r = c
-            .read_response(Duration::from_secs(10), false)
-            .await
-            .expect("a 431 response");
-        assert_own_answer(&gw, &r, 431, "header_too_large").await;
-        assert!(c.closed_within(Duration::from_secs(5)).await);
+        expect_431_and_close(&gw, &mut c).await;
     }
     still_serving(&mut gw).await;
 }

@@ -9,7 +9,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
 use crate::body::ClientBody;
-use crate::field_tokens::{has_token, tokens};
+use crate::head_fields::{has_token, tokens};
 
 /// Header fields the loop parses; a request with more goes to hyper (which allows 256).
 const FIELDS: usize = 64;

@@ -4,6 +4,7 @@
 //! when the connection ends after this response.
 
 use std::cell::RefCell;
+use std::io::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -13,7 +14,7 @@ use http_body::Body;
 use kakuremichi_telemetry::rfc3339::civil_from_days;
 
 use crate::body::ResponseBody;
-use crate::field_tokens::{has_token, last_token};
+use crate::head_fields::{has_token, last_token, push_fields};
 
 /// How the body after the head is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,12 +46,7 @@ pub fn encode_head(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    push_fields(out, headers);
 
     let bodiless_status = status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -83,9 +79,7 @@ pub fn encode_head(
         out.extend_from_slice(b"content-length: 0\r\n");
         Framing::None
     } else if let Some(n) = body.size_hint().exact() {
-        out.extend_from_slice(b"content-length: ");
-        push_decimal(out, n);
-        out.extend_from_slice(b"\r\n");
+        let _ = write!(out, "content-length: {n}\r\n");
         Framing::Length(n)
     } else if *method == Method::HEAD {
         Framing::None
@@ -113,33 +107,7 @@ pub fn encode_head(
 
 /// Appends a chunk's size line.
 pub fn push_chunk_size(out: &mut Vec<u8>, len: usize) {
-    let mut digits = [0u8; 16];
-    let mut at = digits.len();
-    let mut rest = len;
-    loop {
-        at -= 1;
-        digits[at] = b"0123456789abcdef"[rest % 16];
-        rest /= 16;
-        if rest == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
-    out.extend_from_slice(b"\r\n");
-}
-
-fn push_decimal(out: &mut Vec<u8>, mut value: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+    let _ = write!(out, "{len:x}\r\n");
 }
 
 thread_local! {

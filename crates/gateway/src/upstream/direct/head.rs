@@ -8,7 +8,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
 use super::DirectError;
-use crate::field_tokens::{has_token, last_token};
+use crate::head_fields::{has_token, last_token, push_fields};
 
 /// Header fields an upstream response head may have.
 const MAX_RESPONSE_HEADERS: usize = 128;
@@ -42,12 +42,7 @@ pub fn write_request(out: &mut Vec<u8>, method: &Method, target: &str, headers: 
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    push_fields(out, headers);
     let body_method = matches!(*method, Method::POST | Method::PUT | Method::PATCH);
     if body_method
         && !headers.contains_key(header::CONTENT_LENGTH)

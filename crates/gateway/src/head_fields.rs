@@ -1,6 +1,18 @@
-//! Comma-separated tokens of a raw header field value (`close, Upgrade`), for the two
-//! places that read message heads byte by byte: the direct upstream client and the
-//! gateway's own HTTP/1.1 loop.
+//! Header fields as raw bytes, for the two places that read and write HTTP/1.1 message
+//! heads themselves (the direct upstream client and the gateway's own HTTP/1.1 loop): the
+//! comma-separated tokens of a value (`close, Upgrade`), and a header map written out.
+
+use http::HeaderMap;
+
+/// Appends every field of `headers` as `name: value\r\n`, in map order.
+pub fn push_fields(out: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
 
 /// The non-empty, trimmed tokens of `value`.
 pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
