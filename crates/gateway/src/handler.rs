@@ -12,7 +12,6 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use kakuremichi_config::net::{Scheme, canonical_ip};
 use kakuremichi_router::{Lookup, normalize_host, normalize_path, strip_prefix};
-use tokio_util::sync::CancellationToken;
 
 use crate::access_log::AccessRecord;
 use crate::body::{ClientBody, RequestBodyState, ResponseBody, UpstreamBody, Upstreamed};
@@ -22,6 +21,7 @@ use crate::forward::{self, ForwardedFacts};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::request_id;
 use crate::state::{RouteRuntime, Runtime};
+use crate::stop_signal::StopSignal;
 use crate::upgrade;
 use crate::upstream::connector::ConnectError;
 use crate::upstream::direct::DirectError;
@@ -34,7 +34,7 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub clients: ClientCache,
     /// Fires at the end of the drain deadline: upgraded connections close then.
-    pub hard_stop: CancellationToken,
+    pub hard_stop: StopSignal,
     /// Metrics of requests that matched no route.
     pub unrouted: Arc<RouteMetrics>,
     /// Certificates (static and ACME), when the file has `[tls]`.
@@ -495,14 +495,14 @@ fn redirect_to_https(ctx: &Ctx, port: u16, uri: &Uri) -> Response<ResponseBody> 
     response
 }
 
-/// What a failed connection means for the client: 503 when no agent of the group is
-/// connected, 504 for timeouts, 502 otherwise.
 /// Why sending a request upstream failed.
 enum SendError {
     /// No connection could be made; retrying elsewhere is safe.
     Connect(ProxyError),
     /// The connection failed or the upstream's answer was unusable.
     Failed(error::BoxError),
+    /// No response head within the route's response timeout.
+    TimedOut,
 }
 
 impl SendError {
@@ -520,11 +520,14 @@ impl SendError {
                 SendError::Connect(ProxyError::UpstreamConnectTimeout)
             }
             DirectError::Connect(e) => SendError::Connect(ProxyError::UpstreamConnect(Box::new(e))),
+            DirectError::TimedOut => SendError::TimedOut,
             other => SendError::Failed(Box::new(other)),
         }
     }
 }
 
+/// What a failed connection means for the client: 503 when no agent of the group is
+/// connected, 504 for timeouts, 502 otherwise.
 fn classify_connect_error(err: hyper_util::client::legacy::Error) -> ProxyError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
     while let Some(e) = source {
@@ -669,13 +672,19 @@ async fn forward(
                         label,
                     ));
                 }
-                let send = direct.send(&parts.method, &member.origin, &target, &attempt_headers);
-                tokio::time::timeout(config.response_timeout, send)
+                // The direct client keeps the response timeout itself (a timer per
+                // connection instead of one per request).
+                direct
+                    .send(
+                        &parts.method,
+                        &member.origin,
+                        &target,
+                        &attempt_headers,
+                        config.response_timeout,
+                    )
                     .await
-                    .map(|r| {
-                        r.map(|resp| resp.map(Upstreamed::Direct))
-                            .map_err(SendError::from_direct)
-                    })
+                    .map(|resp| resp.map(Upstreamed::Direct))
+                    .map_err(SendError::from_direct)
             }
             None => {
                 let Ok(uri) = Uri::try_from(target) else {
@@ -693,21 +702,23 @@ async fn forward(
                 *outgoing.uri_mut() = uri;
                 *outgoing.version_mut() = Version::HTTP_11;
                 *outgoing.headers_mut() = attempt_headers;
-                tokio::time::timeout(config.response_timeout, route.client.request(outgoing))
+                match tokio::time::timeout(config.response_timeout, route.client.request(outgoing))
                     .await
-                    .map(|r| {
-                        r.map(|resp| resp.map(Upstreamed::Hyper))
-                            .map_err(SendError::from_hyper)
-                    })
+                {
+                    Ok(sent) => sent
+                        .map(|resp| resp.map(Upstreamed::Hyper))
+                        .map_err(SendError::from_hyper),
+                    Err(_) => Err(SendError::TimedOut),
+                }
             }
         };
         match sent {
-            Err(_) => return Err((ProxyError::UpstreamTimeout, label)),
-            Ok(Ok(response)) => break (response, member, in_flight),
-            Ok(Err(_)) if body_state.too_large.load(Ordering::Relaxed) => {
+            Err(SendError::TimedOut) => return Err((ProxyError::UpstreamTimeout, label)),
+            Ok(response) => break (response, member, in_flight),
+            Err(_) if body_state.too_large.load(Ordering::Relaxed) => {
                 return Err((ProxyError::BodyTooLarge, label));
             }
-            Ok(Err(SendError::Connect(failure))) => {
+            Err(SendError::Connect(failure)) => {
                 if !matches!(failure, ProxyError::NoAgent) {
                     route.upstreams.mark_failed(index);
                 }
@@ -724,7 +735,7 @@ async fn forward(
                 }
                 return Err((failure, label));
             }
-            Ok(Err(SendError::Failed(e))) => {
+            Err(SendError::Failed(e)) => {
                 if body_state.client_error.load(Ordering::Relaxed) {
                     return Err((ProxyError::ClientBody(e), label));
                 }
@@ -751,7 +762,7 @@ async fn forward(
             client_upgrade,
             upstream_upgrade,
             config.idle_timeout,
-            ctx.shared.hard_stop.clone(),
+            ctx.shared.hard_stop.token().clone(),
             ctx.shared.metrics.clone(),
             route.name.clone(),
             ctx.conn.hold.clone(),

@@ -14,7 +14,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::body::ClientBody;
@@ -22,6 +21,7 @@ use crate::conn::{ConnHold, ConnInfo, ConnIo, ConnPhase};
 use crate::h1;
 use crate::handler::{self, Shared};
 use crate::head_reject::HeadRejects;
+use crate::stop_signal::StopSignal;
 
 /// Lines about failed TLS handshakes: anyone can cause them, so only a few per minute are
 /// written (with a count of those left out).
@@ -51,7 +51,7 @@ pub async fn accept_loop(
     listener: Listener,
     shared: Arc<Shared>,
     limit: Arc<Semaphore>,
-    shutdown: CancellationToken,
+    shutdown: StopSignal,
     tracker: TaskTracker,
 ) {
     let socket = match TcpListener::from_std(listener.socket) {
@@ -63,7 +63,7 @@ pub async fn accept_loop(
     };
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.fired() => return,
             r = socket.accept() => r,
         };
         let (stream, peer) = match accepted {
@@ -114,7 +114,7 @@ async fn serve_tls(
     stream: TcpStream,
     conn: Conn,
     shared: &Arc<Shared>,
-    shutdown: &CancellationToken,
+    shutdown: &StopSignal,
 ) {
     let peer = conn.peer;
     let handshake_timeout = shared.runtime.load().settings.header_timeout;
@@ -177,7 +177,7 @@ async fn serve_http1<S>(
     conn: Conn,
     https: bool,
     shared: &Arc<Shared>,
-    shutdown: &CancellationToken,
+    shutdown: &StopSignal,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -215,7 +215,7 @@ async fn serve_http1<S>(
     };
     let ended = tokio::select! {
         ended = h1::serve(stream, serving) => ended,
-        _ = shared.hard_stop.cancelled() => return,
+        _ = shared.hard_stop.fired() => return,
     };
     let h1::Ending::HandOver(stream) = ended else {
         return;
@@ -248,17 +248,17 @@ async fn serve_http1<S>(
                 tracing::debug!(%peer, error = %e, "client connection ended with an error");
             }
         }
-        _ = shutdown.cancelled() => {
+        _ = shutdown.fired() => {
             conn.as_mut().graceful_shutdown();
             tokio::select! {
                 _ = conn.as_mut() => {}
-                _ = shared.hard_stop.cancelled() => {}
+                _ = shared.hard_stop.fired() => {}
             }
         }
     }
 }
 
-async fn serve_http2<S>(stream: S, conn: Conn, shared: &Arc<Shared>, shutdown: &CancellationToken)
+async fn serve_http2<S>(stream: S, conn: Conn, shared: &Arc<Shared>, shutdown: &StopSignal)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -297,11 +297,11 @@ where
                 tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
             }
         }
-        _ = shutdown.cancelled() => {
+        _ = shutdown.fired() => {
             conn.as_mut().graceful_shutdown();
             tokio::select! {
                 _ = conn.as_mut() => {}
-                _ = shared.hard_stop.cancelled() => {}
+                _ = shared.hard_stop.fired() => {}
             }
         }
     }

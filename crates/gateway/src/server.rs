@@ -18,6 +18,7 @@ use crate::handler::Shared;
 use crate::listener::{Listener, accept_loop};
 use crate::metrics::{HostLabel, Metrics};
 use crate::state::{BuildError, Runtime};
+use crate::stop_signal::StopSignal;
 use crate::tls_setup::TlsRuntime;
 use crate::upstream::pool::ClientCache;
 use crate::upstream::tls::TlsSetupError;
@@ -231,7 +232,7 @@ impl Gateway {
             tunnel: registry,
             metrics,
             clients,
-            hard_stop: CancellationToken::new(),
+            hard_stop: StopSignal::default(),
         });
         Ok(Gateway {
             shared,
@@ -257,6 +258,8 @@ impl Gateway {
     /// for up to `drain_timeout`.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), GatewayError> {
         let tracker = TaskTracker::new();
+        // What the serving threads watch instead of `shutdown` (cheaper to poll).
+        let stopping = StopSignal::default();
         let admin_stop = CancellationToken::new();
         if let Some(listener) = self.admin {
             tokio::spawn(crate::admin::run(
@@ -271,7 +274,7 @@ impl Gateway {
         }
         if let Some(tunnel) = self.tunnel {
             // Agents stay connected through the drain so tunneled requests can finish.
-            tokio::spawn(tunnel.run(self.shared.hard_stop.clone()));
+            tokio::spawn(tunnel.run(self.shared.hard_stop.token().clone()));
         }
         // One cap for all client listeners together.
         let limit = Arc::new(Semaphore::new(
@@ -287,7 +290,7 @@ impl Gateway {
                     copy,
                     self.shared.clone(),
                     limit.clone(),
-                    shutdown.clone(),
+                    stopping.clone(),
                     tracker.clone(),
                 )));
             }
@@ -302,6 +305,7 @@ impl Gateway {
         self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(http = ?self.addrs.http, https = ?self.addrs.https, admin = ?self.addrs.admin, "gateway ready");
         shutdown.cancelled().await;
+        stopping.fire();
         self.ready
             .store(false, std::sync::atomic::Ordering::Relaxed);
         let drain = self.shared.runtime.load().settings.drain_timeout;
@@ -313,7 +317,7 @@ impl Gateway {
         if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
             tracing::warn!("drain deadline passed; closing what is still open");
         }
-        self.shared.hard_stop.cancel();
+        self.shared.hard_stop.fire();
         // Give cancelled connections a moment to close cleanly.
         let _ = tokio::time::timeout(Duration::from_millis(200), tracker.wait()).await;
         workers.stop().await;

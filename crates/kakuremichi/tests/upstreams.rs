@@ -173,6 +173,36 @@ async fn a_slow_upstream_gives_504_after_the_response_timeout() {
     assert_eq!(body_of(&get(gw.http, "h", "/fast").await), "late");
 }
 
+/// The response timeout is counted per request on kept-alive upstream connections too:
+/// an earlier request's deadline passing neither cuts a later request short nor lets a slow
+/// one run past its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_response_timeout_counts_per_request_on_a_kept_alive_upstream_connection() {
+    let slow = Origin::slow(Duration::from_secs(5), "late").await;
+    let gw = gateway_with_routes(&format!(
+        "[[routes]]\nname = \"slow\"\ntimeouts = {{ response = \"500ms\" }}\nupstream = \"{}\"\n",
+        slow.url()
+    ))
+    .start()
+    .await;
+    assert_eq!(get(gw.http, "h", "/fast").await.status, 200);
+    // The first request's deadline passes while its connection waits in the pool.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for _ in 0..6 {
+        assert_eq!(get(gw.http, "h", "/fast").await.status, 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let started = Instant::now();
+    let r = get(gw.http, "h", "/slow").await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 504);
+    assert_eq!(r.json()["error"], "upstream_timeout");
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(3),
+        "answered after {took:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_that_does_not_accept_gives_504_after_the_connect_timeout() {
     // A listener that never accepts, with its accept queue filled: further SYNs are dropped

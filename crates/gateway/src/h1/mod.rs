@@ -22,15 +22,16 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use crate::stop_signal::StopSignal;
 use bytes::{Bytes, BytesMut};
 use http::{Method, Response};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
 use crate::body::ResponseBody;
 use crate::conn::ConnInfo;
 use crate::handler::{self, Shared};
+use crate::lazy_deadline::LazyDeadline;
 use response::Framing;
 pub use rewind::Rewind;
 
@@ -56,7 +57,7 @@ pub struct Serving<'a> {
     pub info: &'a Arc<ConnInfo>,
     pub header_timeout: Duration,
     pub max_head: usize,
-    pub shutdown: &'a CancellationToken,
+    pub shutdown: &'a StopSignal,
 }
 
 /// Serves requests on `stream` until it closes or is handed over.
@@ -67,14 +68,12 @@ where
     let phase = serving.info.phase.clone();
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let mut out: Vec<u8> = Vec::with_capacity(1024);
-    // The header deadline only moves later, so the timer stays armed where it is and is
-    // moved on only when it fires early: no timer work per request.
-    let mut armed = phase.head_deadline(serving.header_timeout);
-    let mut deadline = Box::pin(tokio::time::sleep_until(armed.into()));
-    let mut stopping = Box::pin(serving.shutdown.clone().cancelled_owned());
+    // The header deadline moves with every response: a lazy timer costs nothing per request.
+    let mut deadline = LazyDeadline::new(phase.head_deadline(serving.header_timeout).into());
+    let mut stopping = std::pin::pin!(serving.shutdown.fired());
     loop {
         if buf.is_empty() {
-            let due = phase.head_deadline(serving.header_timeout);
+            deadline.set(phase.head_deadline(serving.header_timeout).into());
             let waited = poll_fn(|cx| {
                 if buf.capacity() - buf.len() < READ_SIZE / 4 {
                     buf.reserve(READ_SIZE);
@@ -87,14 +86,7 @@ where
                 if stopping.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Wait::Closed);
                 }
-                while deadline.as_mut().poll(cx).is_ready() {
-                    if armed >= due {
-                        return Poll::Ready(Wait::Deadline);
-                    }
-                    armed = due;
-                    deadline.as_mut().reset(due.into());
-                }
-                Poll::Pending
+                deadline.poll_passed(cx).map(|_| Wait::Deadline)
             })
             .await;
             match waited {
@@ -120,7 +112,7 @@ where
             // The client closed its side: the request is dropped, as hyper's server does.
             return Ending::Closed;
         };
-        let last = head.close || serving.shutdown.is_cancelled();
+        let last = head.close || serving.shutdown.is_fired();
         match write_response(&mut stream, &mut out, response, &method, last).await {
             Ok(true) if !last => {}
             _ => return close_connection(stream).await,

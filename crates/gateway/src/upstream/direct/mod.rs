@@ -28,6 +28,7 @@ use tokio::net::TcpStream;
 pub use body::DirectBody;
 
 use super::connector::{ConnectError, Connector};
+use crate::lazy_deadline::LazyDeadline;
 
 /// How long an idle connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -60,12 +61,17 @@ pub enum DirectError {
     UnaskedUpgrade,
     #[error("upstream connection failed: {0}")]
     Io(#[source] io::Error),
+    #[error("the upstream did not answer within the response timeout")]
+    TimedOut,
 }
 
 /// An upstream connection with what was read from it but not consumed.
 pub(crate) struct Conn {
     stream: TcpStream,
     buf: BytesMut,
+    /// The response timeout of the request on it; kept with the connection so that its
+    /// timer is set once, not per request.
+    deadline: LazyDeadline,
 }
 
 struct Idle {
@@ -214,14 +220,17 @@ impl DirectClient {
     }
 
     /// Sends a request without body to `origin` (`http://host:port`, also the pool's key)
-    /// for `target` (origin-form: path and query). Returns the response head and its body.
+    /// for `target` (origin-form: path and query). Returns the response head and its body,
+    /// or [`DirectError::TimedOut`] when the head is not there within `timeout`.
     pub async fn send(
         &self,
         method: &Method,
         origin: &Arc<str>,
         target: &str,
         headers: &HeaderMap,
+        timeout: Duration,
     ) -> Result<http::Response<DirectBody>, DirectError> {
+        let due = tokio::time::Instant::now() + timeout;
         let mut request = Vec::with_capacity(256 + headers.len() * 32);
         head::write_request(&mut request, method, target, headers);
         let pool = self.pool();
@@ -231,19 +240,38 @@ impl DirectClient {
         loop {
             let reused = pooled.is_some();
             let mut conn = match pooled.take() {
-                Some(conn) => conn,
+                Some(mut conn) => {
+                    conn.deadline.set(due);
+                    conn
+                }
                 None => {
                     let uri = Uri::try_from(&**origin)
                         .map_err(|_| ConnectError::NoHost(origin.to_string()))?;
+                    let mut deadline = LazyDeadline::new(due);
                     // Boxed: dialing is the rare path, and its future would otherwise
                     // weigh on every request's future (which is moved as it is built).
+                    let dialing = Box::pin(self.connector.dial_tcp(&uri));
+                    let stream = deadline
+                        .bound(dialing)
+                        .await
+                        .map_err(|_| DirectError::TimedOut)??;
                     Conn {
-                        stream: Box::pin(self.connector.dial_tcp(&uri)).await?,
+                        stream,
                         buf: BytesMut::new(),
+                        deadline,
                     }
                 }
             };
-            match exchange(&mut conn, &request, method).await {
+            let Conn {
+                stream,
+                buf,
+                deadline,
+            } = &mut conn;
+            let exchanged = deadline
+                .bound(exchange(stream, buf, &request, method))
+                .await
+                .unwrap_or(Err(Failure::Other(DirectError::TimedOut)));
+            match exchanged {
                 Ok(head) => {
                     let home = Home {
                         pool: Arc::downgrade(pool),
@@ -273,21 +301,22 @@ enum Failure {
     Other(DirectError),
 }
 
-/// Writes the request head and reads the final response head.
+/// Writes the request head and reads the final response head into `buf`.
 async fn exchange(
-    conn: &mut Conn,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
     request: &[u8],
     method: &Method,
 ) -> Result<head::ResponseHead, Failure> {
-    conn.stream
+    stream
         .write_all(request)
         .await
         .map_err(|e| Failure::Unsent(DirectError::Io(e)))?;
     let mut answered = false;
     loop {
-        if !conn.buf.is_empty() {
+        if !buf.is_empty() {
             answered = true;
-            match head::parse_response(&mut conn.buf, method).map_err(Failure::Other)? {
+            match head::parse_response(buf, method).map_err(Failure::Other)? {
                 Some(head) => {
                     if head.parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
                         return Err(Failure::Other(DirectError::UnaskedUpgrade));
@@ -298,17 +327,17 @@ async fn exchange(
                     }
                     return Ok(head);
                 }
-                None if conn.buf.len() >= MAX_HEAD => {
+                None if buf.len() >= MAX_HEAD => {
                     return Err(Failure::Other(DirectError::HeadTooLarge));
                 }
                 None => {}
             }
         }
-        if conn.buf.capacity() - conn.buf.len() < 2048 {
-            conn.buf.reserve(8192);
+        if buf.capacity() - buf.len() < 2048 {
+            buf.reserve(8192);
         }
         let read = std::future::poll_fn(|cx| {
-            tokio_util::io::poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.buf)
+            tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, buf)
         })
         .await;
         match read {
