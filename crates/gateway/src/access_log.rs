@@ -34,11 +34,12 @@ pub struct AccessRecord {
 }
 
 impl AccessRecord {
-    /// Writes the line and records the metrics. `bytes_out` is what reached the client.
-    pub fn finish(self, bytes_out: u64, completed: bool) {
+    /// Writes the line and records the metrics. `bytes_out` is what reached the client by
+    /// `now`.
+    pub fn finish(self, bytes_out: u64, completed: bool, now: Instant) {
         let route = self.route.as_deref().unwrap_or("-");
         let bytes_in = self.bytes_in.load(Ordering::Relaxed);
-        let elapsed = self.start.elapsed();
+        let elapsed = now.saturating_duration_since(self.start);
         let written = kakuremichi_telemetry::access_line(|line| {
             line.str("request_id", self.request_id.to_str().unwrap_or("-"))
                 .ip("client_ip", self.client_ip)

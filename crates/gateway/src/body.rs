@@ -214,11 +214,13 @@ impl ResponseBody {
 
     fn finish(&mut self) {
         let complete = self.done || self.is_end_stream();
+        // One clock read for both.
+        let now = std::time::Instant::now();
         if let Some(record) = self.record.take() {
-            record.finish(self.sent, complete);
+            record.finish(self.sent, complete, now);
         }
         if let Some(phase) = self.phase.take() {
-            phase.response_finished();
+            phase.response_finished(now);
         }
         self.in_flight = None;
     }

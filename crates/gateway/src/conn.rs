@@ -59,12 +59,12 @@ impl ConnPhase {
         self.phase.store(IN_REQUEST, Ordering::Release);
     }
 
-    /// The response was written (or abandoned): the next head is awaited from now on.
-    pub fn response_finished(&self) {
+    /// The response was written (or abandoned) at `now`: the next head is awaited from then.
+    pub fn response_finished(&self, now: Instant) {
         if self.phase.load(Ordering::Acquire) == UPGRADED {
             return;
         }
-        let ms = (self.opened.elapsed().as_millis() as u64).max(1);
+        let ms = (now.saturating_duration_since(self.opened).as_millis() as u64).max(1);
         self.awaiting_since_ms.store(ms, Ordering::Release);
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.phase.store(AWAITING_HEAD, Ordering::Release);
@@ -394,10 +394,30 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The peer's address as the forwarding headers carry it, made once.
     pub peer_text: http::HeaderValue,
-    pub local: SocketAddr,
+    /// The local port as `X-Forwarded-Port` carries it, made once.
+    pub port_text: http::HeaderValue,
     pub https: bool,
     pub phase: Arc<ConnPhase>,
     pub hold: Arc<ConnHold>,
+}
+
+impl ConnInfo {
+    pub fn new(
+        peer: SocketAddr,
+        local: SocketAddr,
+        https: bool,
+        phase: Arc<ConnPhase>,
+        hold: Arc<ConnHold>,
+    ) -> Self {
+        ConnInfo {
+            peer,
+            peer_text: crate::forward::ip_text(peer.ip()),
+            port_text: local.port().into(),
+            https,
+            phase,
+            hold,
+        }
+    }
 }
 
 #[cfg(test)]

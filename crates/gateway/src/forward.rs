@@ -50,8 +50,15 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
 /// Removes hop-by-hop headers, including those the `Connection` header names. With
 /// `keep_upgrade`, the upgrade handshake headers are put back as `Connection: upgrade`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages have none: one pass over the names is cheaper than eight removals.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(&name)) {
+    // Most messages have none, or only `Connection` (`keep-alive` from most upstreams): one
+    // pass over the names finds which, and only those are removed.
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| *hop == name) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
         return;
     }
     let upgrade = if keep_upgrade {
@@ -59,18 +66,27 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     } else {
         None
     };
+    // Names the `Connection` header lists, but not those removed below anyway.
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|s| s.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| {
+            !HOP_BY_HOP
+                .iter()
+                .any(|hop| hop.as_str().eq_ignore_ascii_case(t))
+        })
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in listed {
         headers.remove(&name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for (name, there) in HOP_BY_HOP.iter().zip(present) {
+        if there {
+            headers.remove(*name);
+        }
     }
     if let Some(upgrade) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -121,7 +137,8 @@ pub struct ForwardedFacts<'a> {
     pub peer_trusted: bool,
     pub https: bool,
     pub host: Option<&'a HeaderValue>,
-    pub port: u16,
+    /// The local port, made once per connection.
+    pub port: &'a HeaderValue,
 }
 
 /// Sets `X-Forwarded-For/-Proto/-Host/-Port` and `X-Real-IP`. An untrusted peer's
@@ -171,7 +188,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, facts: &ForwardedFacts<'_>) {
         }
     }
     if !keep(headers, &X_FORWARDED_PORT) {
-        headers.insert(&X_FORWARDED_PORT, HeaderValue::from(facts.port));
+        headers.insert(&X_FORWARDED_PORT, facts.port.clone());
     }
 }
 
@@ -214,6 +231,11 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+        // What most upstreams send: only `Connection`, naming a hop-by-hop header.
+        let mut h = map(&[("Connection", "Keep-Alive"), ("x-kept", "1")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
     }
 
     #[test]
@@ -244,7 +266,7 @@ mod tests {
                 peer_trusted: false,
                 https: false,
                 host: Some(&host),
-                port: 80,
+                port: &HeaderValue::from(80u16),
             },
         );
         assert_eq!(h["x-forwarded-for"], "192.0.2.1");
@@ -270,7 +292,7 @@ mod tests {
                 peer_trusted: true,
                 https: true,
                 host: None,
-                port: 443,
+                port: &HeaderValue::from(443u16),
             },
         );
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.1.1.1, 10.0.0.2");

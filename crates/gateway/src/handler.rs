@@ -582,7 +582,7 @@ async fn forward(
             peer_trusted: settings.trusted_proxies.iter().any(|c| c.contains(peer_ip)),
             https: ctx.conn.https,
             host: host_value.as_ref(),
-            port: ctx.conn.local.port(),
+            port: &ctx.conn.port_text,
         },
     );
     headers.insert(settings.request_id_header.clone(), ctx.request_id.clone());

@@ -93,7 +93,7 @@ impl HeadRejects {
             api_key: None,
             subject: None,
         }
-        .finish(body.len() as u64, true);
+        .finish(body.len() as u64, true, std::time::Instant::now());
         out
     }
 }

@@ -196,14 +196,7 @@ async fn serve_http1<S>(
         metrics: shared.unrouted.clone(),
     };
     let phase = ConnPhase::new();
-    let info = Arc::new(ConnInfo {
-        peer,
-        peer_text: crate::forward::ip_text(peer.ip()),
-        local,
-        https,
-        phase: phase.clone(),
-        hold,
-    });
+    let info = Arc::new(ConnInfo::new(peer, local, https, phase.clone(), hold));
     // The gateway's own loop serves the common requests; hyper takes over at the first one
     // it does not (see `h1`).
     let serving = h1::Serving {
@@ -264,16 +257,9 @@ where
 {
     let max_header_size = shared.runtime.load().settings.max_header_size;
     let Conn { peer, local, hold } = conn;
-    let info = Arc::new(ConnInfo {
-        peer,
-        peer_text: crate::forward::ip_text(peer.ip()),
-        local,
-        https: true,
-        hold,
-        // HTTP/2 multiplexes requests, so there is no per-connection head deadline; the
-        // phase is kept only because the request path reports to it.
-        phase: ConnPhase::new(),
-    });
+    // HTTP/2 multiplexes requests, so there is no per-connection head deadline; the phase
+    // is kept only because the request path reports to it.
+    let info = Arc::new(ConnInfo::new(peer, local, true, ConnPhase::new(), hold));
     let service_shared = shared.clone();
     let service = hyper::service::service_fn(move |req| {
         handler::handle(

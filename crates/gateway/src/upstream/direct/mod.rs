@@ -91,12 +91,12 @@ impl Pool {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The most recently used live connection to `origin`, if any.
-    fn take(&self, origin: &str) -> Option<Conn> {
+    /// The most recently used live connection to `origin`, if any, at `now`.
+    fn take(&self, origin: &str, now: Instant) -> Option<Conn> {
         let mut map = self.lock();
         let list = map.get_mut(origin)?;
         while let Some(idle) = list.pop() {
-            let age = idle.since.elapsed();
+            let age = now.saturating_duration_since(idle.since);
             if age >= IDLE_TIMEOUT {
                 // Everything below is older still.
                 list.clear();
@@ -230,13 +230,14 @@ impl DirectClient {
         headers: &HeaderMap,
         timeout: Duration,
     ) -> Result<http::Response<DirectBody>, DirectError> {
-        let due = tokio::time::Instant::now() + timeout;
+        let now = tokio::time::Instant::now();
+        let due = now + timeout;
         let mut request = Vec::with_capacity(256 + headers.len() * 32);
         head::write_request(&mut request, method, target, headers);
         let pool = self.pool();
         let idempotent = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
 
-        let mut pooled = pool.take(origin);
+        let mut pooled = pool.take(origin, now.into_std());
         loop {
             let reused = pooled.is_some();
             let mut conn = match pooled.take() {
