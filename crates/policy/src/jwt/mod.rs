@@ -275,10 +275,10 @@ impl JwtVerifier {
     pub async fn verify(&self, headers: &HeaderMap) -> Result<Verified, JwtError> {
         let raw = bearer_token(headers)?;
         let now = claims::now_unix();
-        let digest = cache::digest(raw);
-        if let Some(digest) = &digest {
+        let cacheable = cache::cacheable(raw);
+        if cacheable {
             let generation = self.jwks.as_ref().and_then(|j| j.generation());
-            if let Some(claims) = self.verified.get(digest, generation) {
+            if let Some(claims) = self.verified.get(raw, generation) {
                 claims::check_times(&claims, now)?;
                 return Ok(Verified { claims });
             }
@@ -313,9 +313,8 @@ impl JwtVerifier {
             claims::check_audience(&claims, &self.audiences)?;
         }
         let claims = Arc::new(claims);
-        if let Some(digest) = digest {
-            self.verified
-                .insert(digest, claims.clone(), generation, now);
+        if cacheable {
+            self.verified.insert(raw, claims.clone(), generation, now);
         }
         Ok(Verified { claims })
     }
