@@ -221,6 +221,37 @@ async fn a_connection_the_upstream_closed_while_idle_is_not_used() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_idle_past_the_upstreams_keep_alive_timeout_is_not_reused() {
+    // The upstream says how long it keeps idle connections (`Keep-Alive: timeout=`) but
+    // does not close them here, so only the connection count tells whether the gateway
+    // used one that a real upstream would be closing.
+    let up = Scripted::start(|head| match path_of(head) {
+        "/short" => {
+            answer("HTTP/1.1 200 OK\r\nKeep-Alive: timeout=2\r\nContent-Length: 2\r\n\r\nok")
+        }
+        _ => answer(
+            "HTTP/1.1 200 OK\r\nKeep-Alive: timeout=30, max=100\r\nContent-Length: 2\r\n\r\nok",
+        ),
+    })
+    .await;
+    let gw = gateway_with_routes(&up.route()).start().await;
+    let mut client = KeepAlive::connect(gw.http).await;
+    let pause = std::time::Duration::from_millis(1300);
+
+    assert_eq!(client.get("h", "/long").await.text(), "ok");
+    tokio::time::sleep(pause).await;
+    assert_eq!(client.get("h", "/long").await.text(), "ok");
+    assert_eq!(up.connections(), 1, "30 s announced: reused after 1.3 s");
+
+    // 2 s announced: kept for 1 s, so after 1.3 s idle a new connection is made.
+    assert_eq!(client.get("h", "/short").await.text(), "ok");
+    assert_eq!(up.connections(), 1);
+    tokio::time::sleep(pause).await;
+    assert_eq!(client.get("h", "/long").await.text(), "ok");
+    assert_eq!(up.connections(), 2, "2 s announced: not reused after 1.3 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodiless_answers_and_informational_ones() {
     let up = Scripted::start(|head| {
         let method = head.split(' ').next().unwrap_or("");

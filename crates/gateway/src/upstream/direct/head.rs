@@ -3,6 +3,8 @@
 //! `http::response::Parts` together with how the body that follows is framed (RFC 9112
 //! §6.3).
 
+use std::time::Duration;
+
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
@@ -32,6 +34,9 @@ pub struct ResponseHead {
     pub framing: Framing,
     /// Whether the connection may carry another request once the body is read.
     pub reusable: bool,
+    /// How long the upstream keeps the connection open while idle, when its
+    /// `Keep-Alive: timeout=` says.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// Appends `METHOD target HTTP/1.1` and the header fields to `out`. `target` is the
@@ -154,6 +159,7 @@ fn build_head(
     let mut chunked = false;
     let mut transfer_encoded = false;
     let mut close = http10;
+    let mut idle_timeout = None;
     for span in &spans[..found.fields] {
         let (name_start, name_end) = span.name;
         let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
@@ -177,6 +183,8 @@ fn build_head(
             } else if http10 && has_token(&raw, b"keep-alive") {
                 close = false;
             }
+        } else if name.as_str() == "keep-alive" {
+            idle_timeout = keep_alive_timeout(&raw).or(idle_timeout);
         }
         let value = HeaderValue::from_maybe_shared(raw)
             .map_err(|_| DirectError::BadResponse("invalid header value"))?;
@@ -219,6 +227,23 @@ fn build_head(
         parts,
         framing,
         reusable,
+        idle_timeout,
+    })
+}
+
+/// The `timeout` parameter of a `Keep-Alive` field (`timeout=5, max=100`), in seconds.
+fn keep_alive_timeout(value: &[u8]) -> Option<Duration> {
+    value.split(|&b| b == b',').find_map(|param| {
+        let (name, secs) = param.trim_ascii().split_at_checked(7)?;
+        if !name.eq_ignore_ascii_case(b"timeout") {
+            return None;
+        }
+        let secs = secs.trim_ascii().strip_prefix(b"=")?.trim_ascii();
+        if secs.is_empty() || secs.len() > 9 || !secs.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let secs = secs.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        Some(Duration::from_secs(secs))
     })
 }
 
@@ -245,6 +270,24 @@ fn parse_length(value: &[u8]) -> Result<u64, DirectError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keep_alive_timeouts() {
+        let secs = |v: &str| keep_alive_timeout(v.as_bytes()).map(|d| d.as_secs());
+        assert_eq!(secs("timeout=5"), Some(5));
+        assert_eq!(secs("max=100, Timeout = 2"), Some(2));
+        assert_eq!(secs("timeout=x"), None);
+        assert_eq!(secs("timeout="), None);
+        assert_eq!(secs("max=5"), None);
+        assert_eq!(secs("timeouts=5"), None);
+        assert_eq!(secs("timeout=99999999999"), None);
+        assert_eq!(secs(""), None);
+        let head = parse(
+            "HTTP/1.1 200 OK\r\nKeep-Alive: timeout=3\r\nContent-Length: 0\r\n\r\n",
+            Method::GET,
+        );
+        assert_eq!(head.idle_timeout, Some(Duration::from_secs(3)));
+    }
 
     fn parse(text: &str, method: Method) -> ResponseHead {
         let mut buf = BytesMut::from(text);

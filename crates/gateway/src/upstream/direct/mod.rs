@@ -30,7 +30,8 @@ pub use body::DirectBody;
 use super::connector::{ConnectError, Connector};
 use crate::lazy_deadline::LazyDeadline;
 
-/// How long an idle connection is kept.
+/// How long an idle connection is kept (less when the upstream's `Keep-Alive: timeout=`
+/// says it closes sooner).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// An idle connection older than this is checked for a close by the upstream before use.
 const CHECK_AFTER: Duration = Duration::from_secs(1);
@@ -72,6 +73,8 @@ pub(crate) struct Conn {
     /// The response timeout of the request on it; kept with the connection so that its
     /// timer is set once, not per request.
     deadline: LazyDeadline,
+    /// How long it may wait idle in the pool.
+    keep_idle: Duration,
 }
 
 struct Idle {
@@ -101,6 +104,9 @@ impl Pool {
                 // Everything below is older still.
                 list.clear();
                 return None;
+            }
+            if age >= idle.conn.keep_idle {
+                continue;
             }
             if age < CHECK_AFTER || still_open(&idle.conn.stream) {
                 return Some(idle.conn);
@@ -159,11 +165,19 @@ async fn reap(pool: Weak<Pool>) {
         let mut map = pool.lock();
         for list in map.values_mut() {
             list.retain(|idle| {
-                idle.since.elapsed() < IDLE_TIMEOUT && still_open(&idle.conn.stream)
+                idle.since.elapsed() < idle.conn.keep_idle && still_open(&idle.conn.stream)
             });
         }
         map.retain(|_, list| !list.is_empty());
     }
+}
+
+/// How long a connection whose upstream announced `Keep-Alive: timeout=` may wait idle:
+/// a margin short of it (the upstream counts from when it wrote the answer, a little before
+/// the gateway finished reading it), so a request is not sent just as the upstream closes.
+fn idle_limit(announced: Duration) -> Duration {
+    let margin = (announced / 2).min(Duration::from_secs(1));
+    (announced - margin).min(IDLE_TIMEOUT)
 }
 
 /// Whether an idle connection is still usable: nothing arrived on it (an idle upstream has
@@ -260,6 +274,7 @@ impl DirectClient {
                         stream,
                         buf: BytesMut::new(),
                         deadline,
+                        keep_idle: IDLE_TIMEOUT,
                     }
                 }
             };
@@ -267,6 +282,7 @@ impl DirectClient {
                 stream,
                 buf,
                 deadline,
+                ..
             } = &mut conn;
             let exchanged = deadline
                 .bound(exchange(stream, buf, &request, method))
@@ -274,6 +290,7 @@ impl DirectClient {
                 .unwrap_or(Err(Failure::Other(DirectError::TimedOut)));
             match exchanged {
                 Ok(head) => {
+                    conn.keep_idle = head.idle_timeout.map_or(IDLE_TIMEOUT, idle_limit);
                     let home = Home {
                         pool: Arc::downgrade(pool),
                         origin: origin.clone(),
@@ -348,5 +365,19 @@ async fn exchange(
             Err(e) if answered => return Err(Failure::Other(DirectError::Io(e))),
             Err(e) => return Err(Failure::NoAnswer(DirectError::Io(e))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announced_keep_alive_timeouts_keep_a_margin() {
+        let secs = |s: u64| idle_limit(Duration::from_secs(s));
+        assert_eq!(secs(5), Duration::from_secs(4));
+        assert_eq!(secs(1), Duration::from_millis(500));
+        assert_eq!(secs(0), Duration::ZERO);
+        assert_eq!(secs(300), IDLE_TIMEOUT);
     }
 }
