@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use crate::stop_signal::StopSignal;
 use bytes::{Bytes, BytesMut};
 use http::{Method, Response};
 use http_body::Body;
@@ -32,6 +31,7 @@ use crate::body::ResponseBody;
 use crate::conn::ConnInfo;
 use crate::handler::{self, Shared};
 use crate::lazy_deadline::LazyDeadline;
+use crate::stop_signal::StopSignal;
 use response::Framing;
 pub use rewind::Rewind;
 
